@@ -1,0 +1,141 @@
+"""DreamCraft3D reference settings (../shared/reference/dreamcraft3d.md §1-3).
+
+Run (a recentred RGBA reference image):
+  python -m experiments.run --config=configs/dreamcraft3d.py \
+      --config.data.image=path/to/object_rgba.png --config.prompt="a ..."
+Smoke run (a few steps at tiny resolution):
+  python -m experiments.run --config=configs/dreamcraft3d.py:quick
+
+Deviations from the reference are marked DEVIATION below and listed in docs/ARCHITECTURE.md.
+"""
+
+import ml_collections
+
+# Scalar schedules are numbers or (s0, v0, v1, s1): linear from v0 at step s0 to v1 at s1.
+STEP_AT_2000 = 2000
+
+
+def step_change(before: float, after: float, at: int = STEP_AT_2000) -> tuple:
+  return (at, before, after, at + 1)
+
+
+def data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.image = ""              # RGBA reference image; empty: render the oracle's object
+  c.depth = ""              # optional depth map (grey PNG) for the depth_rel loss
+  c.remove_background = False
+  c.recenter = True         # tight crop resized to `fill` of the canvas (preprocess --recenter)
+  c.fill = 0.9
+  c.image_size = 1024       # canvas size of the preprocessed reference
+  c.ref_elevation_deg = 0.0
+  c.ref_azimuth_deg = 0.0
+  c.ref_distance = 3.8
+  c.fovy_deg = 20.0         # Zero123's fixed field of view
+  c.elevation_range_deg = (-10.0, 45.0)
+  c.azimuth_range_deg = (-180.0, 180.0)
+  c.batch_size = 0          # random views per step over all devices; 0 = one per device
+  return c
+
+
+def guidance_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # DEVIATION (until the diffusion priors land): the reference's 2D prior is DeepFloyd IF and
+  # its 3D prior Stable-Zero123; the oracle prior stands in for both.
+  c.prior_2d = "oracle"     # "oracle" | "none"
+  c.prior_3d = "none"       # "oracle" | "none"
+  c.oracle_object = "primitives"
+  c.oracle_resolution = 64  # pixel-space, like DeepFloyd IF stage I's 64²
+  return c
+
+
+def hash_grid_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.n_levels = 16
+  c.n_features = 2
+  c.log2_table_size = 19
+  c.base_resolution = 16
+  c.per_level_scale = 1.447269237440378   # finest level 4096
+  return c
+
+
+def coarse_nerf_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.train = ml_collections.ConfigDict(dict(
+      steps=5000,
+      resolutions=(128, 384),            # render size of ref and random views ...
+      resolution_milestones=(3000,),     # ... switching at these steps
+      substeps="alternate",              # even steps: reference view; odd: guidance
+      log_every=10, checkpoint_every=500, sample_every=200, keep_checkpoints=2))
+  c.views = ml_collections.ConfigDict(dict(progressive_until=200))
+  c.field = ml_collections.ConfigDict(dict(
+      radius=2.0, hidden=64, blob_scale=10.0, blob_std=0.5,
+      grid=hash_grid_config(),
+      band_start_level=8, band_start_step=2000, band_update_steps=500))
+  c.render = ml_collections.ConfigDict(dict(
+      num_steps_diagonal=512, stratified=True,
+      # Static sample budgets per ray (averaged over all rays of a view; cost follows them).
+      prepass_samples_per_ray=128.0, samples_per_ray=48.0,
+      alpha_threshold=0.01, transmittance_threshold=0.0,
+      occupancy_resolution=32, occupancy_threshold=0.01, occupancy_decay=0.95,
+      occupancy_every=16))
+  c.guidance = ml_collections.ConfigDict(dict(
+      sds_2d=dict(t_min=(0, 0.7, 0.2, 200), t_max=(0, 0.85, 0.5, 200)),
+      sds_3d=dict(t_min=(0, 0.7, 0.2, 200), t_max=(0, 0.85, 0.5, 200))))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=dict(hash_table=0.01, density_mlp=0.01, feature_mlp=0.01),
+      b1=0.9, b2=0.99, eps=1e-8))
+  c.loss = ml_collections.ConfigDict(dict(
+      rgb=1000.0, mask=100.0, depth_rel=0.05, sds_2d=0.1, sds_3d=0.1,
+      normal_smooth_2d=1.0, normal_smooth_3d=step_change(5.0, 1.0),
+      orient=step_change(1.0, 10.0), sparsity=step_change(0.1, 10.0),
+      opaque=step_change(0.1, 10.0)))
+  return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.resolution = 512
+  c.turntable_views = 120   # reference test pass: 120 views, 30 fps
+  c.fps = 30
+  c.novel_azimuths_deg = (45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
+  c.novel_elevations_deg = (0.0, 30.0)
+  c.chunk_rays = 8192
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.workdir = "outputs/dreamcraft3d"
+  c.seed = 0
+  c.prompt = ""
+  c.stages = ("coarse_nerf",)
+  c.data = data_config()
+  c.guidance = guidance_config()
+  c.coarse_nerf = coarse_nerf_config()
+  c.eval = eval_config()
+  return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
+  """A few steps at tiny resolution: checks the plumbing, not the result."""
+  c.workdir = "outputs/dreamcraft3d_quick"
+  c.data.image_size = 128
+  t = c.coarse_nerf.train
+  t.steps, t.resolutions, t.resolution_milestones = 6, (24, 32), (4,)
+  t.log_every, t.checkpoint_every, t.sample_every = 1, 3, 3
+  c.coarse_nerf.views.progressive_until = 2
+  c.coarse_nerf.field.grid.log2_table_size = 12
+  c.coarse_nerf.field.band_start_step, c.coarse_nerf.field.band_update_steps = 2, 1
+  c.coarse_nerf.render.num_steps_diagonal = 96
+  c.guidance.oracle_resolution = 32
+  c.eval.resolution, c.eval.turntable_views, c.eval.chunk_rays = 32, 8, 1024
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = base_config()
+  if arg == "quick":
+    shrink_for_smoke(c)
+  elif arg:
+    raise ValueError(f"configs/dreamcraft3d.py: unknown variant {arg!r}; expected 'quick'")
+  c.lock()
+  return c

@@ -1,0 +1,1 @@
+"""Numerics, keys, schedules and the shared array types."""

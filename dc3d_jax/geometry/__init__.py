@@ -1,0 +1,1 @@
+"""Plain-jnp geometry: hash-grid encoding, primitives, rasterization, tets, mesh ops."""

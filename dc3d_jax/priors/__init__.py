@@ -1,0 +1,1 @@
+"""Diffusion priors as (frozen params, pure apply functions)."""

@@ -1,0 +1,1 @@
+"""Volume rendering (NeRF, NeuS) and mesh rasterization behind one API."""
