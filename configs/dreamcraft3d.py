@@ -11,12 +11,17 @@ Deviations from the reference are marked DEVIATION below and listed in docs/ARCH
 
 import ml_collections
 
-# Scalar schedules are numbers or (s0, v0, v1, s1): linear from v0 at step s0 to v1 at s1.
+# Scalar schedules (loss weights, t ranges) are tuples: (v,) a constant, (s0, v0, v1, s1)
+# linear from v0 at step s0 to v1 at s1. On the command line: =500 or =(0,1,10,2000).
 STEP_AT_2000 = 2000
 
 
+def const(value: float) -> tuple:
+  return (float(value),)
+
+
 def step_change(before: float, after: float, at: int = STEP_AT_2000) -> tuple:
-  return (at, before, after, at + 1)
+  return (at, float(before), float(after), at + 1)
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -85,8 +90,8 @@ def coarse_nerf_config() -> ml_collections.ConfigDict:
       lr=dict(hash_table=0.01, density_mlp=0.01, feature_mlp=0.01),
       b1=0.9, b2=0.99, eps=1e-8))
   c.loss = ml_collections.ConfigDict(dict(
-      rgb=1000.0, mask=100.0, depth_rel=0.05, sds_2d=0.1, sds_3d=0.1,
-      normal_smooth_2d=1.0, normal_smooth_3d=step_change(5.0, 1.0),
+      rgb=const(1000), mask=const(100), depth_rel=const(0.05), sds_2d=const(0.1),
+      sds_3d=const(0.1), normal_smooth_2d=const(1), normal_smooth_3d=step_change(5.0, 1.0),
       orient=step_change(1.0, 10.0), sparsity=step_change(0.1, 10.0),
       opaque=step_change(0.1, 10.0)))
   return c

@@ -15,9 +15,15 @@ from dc3d_jax.core.types import Camera, Rays
 
 
 def look_at_c2w(position: jax.Array) -> jax.Array:
-  """[..., 3] camera centres -> [..., 4, 4] c2w looking at the origin, world +Z up."""
+  """[..., 3] camera centres -> [..., 4, 4] c2w looking at the origin, world +Z up.
+
+  Straight above or below the origin (elevation ±90°) world +Z is parallel to the view; there
+  the image's up is taken as world +X so the frame stays a rotation.
+  """
   forward = numerics.safe_normalize(-position)
-  up_world = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0]), position.shape)
+  at_pole = (jnp.abs(forward[..., 2]) > 1.0 - 1e-6)[..., None]
+  up_world = jnp.where(at_pole, jnp.array([1.0, 0.0, 0.0]), jnp.array([0.0, 0.0, 1.0]))
+  up_world = jnp.broadcast_to(up_world, position.shape)
   right = numerics.safe_normalize(jnp.cross(forward, up_world))
   up = numerics.safe_normalize(jnp.cross(right, forward))
   rot = jnp.stack([right, up, -forward], axis=-1)

@@ -7,7 +7,7 @@ Any config key can be overridden with --config.<a>.<b>=<value>; unknown keys are
 
 import json
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file "
@@ -17,6 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   from dc3d_jax import pipeline  # after flag parsing: keeps --help fast
   results = pipeline.run(_CONFIG.value)
   summary = {k: v for k, v in results.items() if not isinstance(v, list)}

@@ -1,8 +1,10 @@
 """Schedules: pure functions of the training step, evaluated inside the jitted step.
 
-A scalar schedule is either a number or a 4-tuple (s0, v0, v1, s1): linear from v0 at step s0
-to v1 at step s1, clamped at both ends (the reference's `C()` helper, DreamCraft3D configs).
-So (2000, 1, 10, 2001) is a step change at 2000 and (0, 0.7, 0.2, 200) a ramp over 200 steps.
+A scalar schedule is a number, a 1-tuple (v,) (a constant), or a 4-tuple (s0, v0, v1, s1):
+linear from v0 at step s0 to v1 at step s1, clamped at both ends (the reference's `C()` helper,
+DreamCraft3D configs). So (2000, 1, 10, 2001) is a step change at 2000 and (0, 0.7, 0.2, 200) a
+ramp over 200 steps. Configs store every schedule as a tuple, so that on the command line
+`--config.x=500` (parsed as (500,)) and `--config.x=(0,1,10,2000)` both work.
 """
 
 from typing import Sequence, Union
@@ -12,30 +14,37 @@ import jax.numpy as jnp
 Schedule = Union[float, int, Sequence[float]]
 
 
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def check_schedule(value: Schedule, name: str) -> None:
-  """Raises a ValueError naming `name` unless `value` is a number or (s0, v0, v1, s1)."""
-  if isinstance(value, (int, float)):
+  """Raises a ValueError naming `name` unless `value` is v, (v,) or (s0, v0, v1, s1)."""
+  if _is_number(value):
     return
-  if not (isinstance(value, (tuple, list)) and len(value) == 4):
-    raise ValueError(f"{name}: expected a number or (s0, v0, v1, s1), got {value!r}")
-  if not value[3] > value[0]:
+  ok = isinstance(value, (tuple, list)) and len(value) in (1, 4) and all(map(_is_number, value))
+  if not ok:
+    raise ValueError(f"{name}: expected a number, (v,) or (s0, v0, v1, s1), got {value!r}")
+  if len(value) == 4 and not value[3] > value[0]:
     raise ValueError(f"{name}: schedule {value!r} needs s1 > s0")
 
 
 def is_constant_zero(value: Schedule) -> bool:
   """True when the schedule is 0 at every step (its term can be skipped at trace time)."""
-  if isinstance(value, (int, float)):
+  if _is_number(value):
     return value == 0
-  return value[1] == 0 and value[2] == 0
+  return all(v == 0 for v in value[-3:-1]) if len(value) == 4 else value[0] == 0
 
 
 def scalar(value: Schedule, step):
   """The schedule's value at `step` (Python int or traced array) as float32."""
-  if isinstance(value, (int, float)):
-    return jnp.float32(value)
+  if _is_number(value) or len(value) == 1:
+    return jnp.float32(value if _is_number(value) else value[0])
   s0, v0, v1, s1 = (float(v) for v in value)
   frac = jnp.clip((jnp.asarray(step, jnp.float32) - s0) / (s1 - s0), 0.0, 1.0)
-  return jnp.float32(v0) + (v1 - v0) * frac
+  # Weighted form, exact at both ends (v0 + (v1-v0)·1 can miss v1 by an ulp: 0.2 -> 0.19999999,
+  # which moved the reference's ⌊1000·t_min⌋ = 200 to 199).
+  return jnp.float32(v0) * (1.0 - frac) + jnp.float32(v1) * frac
 
 
 def hash_levels_active(step, *, n_levels: int, start_level: int, start_step: int,

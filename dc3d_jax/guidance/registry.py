@@ -5,6 +5,7 @@ guidance.prior_2d / guidance.prior_3d ("none" leaves the slot empty, so 2D-only,
 hybrid runs are config choices); the timestep ranges come from <stage>.guidance.<slot>.
 """
 
+from dc3d_jax.core import schedules
 from dc3d_jax.guidance.sds import SDSGuidance
 from dc3d_jax.priors import oracle
 
@@ -33,11 +34,9 @@ def build(cfg, stage: str):
       loaded[kind] = _load_prior(kind, cfg)
     prior, prior_params = loaded[kind]
     ranges = cfg[stage].guidance[slot]
-    terms[slot] = SDSGuidance(prior=prior, t_min=_schedule(ranges.t_min),
-                              t_max=_schedule(ranges.t_max))
+    for name in ("t_min", "t_max"):
+      schedules.check_schedule(ranges[name], f"{stage}.guidance.{slot}.{name}")
+    terms[slot] = SDSGuidance(prior=prior, t_min=tuple(ranges.t_min),
+                              t_max=tuple(ranges.t_max))
     params[slot] = prior_params
   return terms, params
-
-
-def _schedule(value):
-  return tuple(value) if isinstance(value, (list, tuple)) else value

@@ -38,9 +38,10 @@ class Prior(Protocol):
 
 def sample_timesteps(key, batch: int, t_min: jax.Array, t_max: jax.Array,
                      num_steps: int) -> jax.Array:
-  """[B] int32 t ~ U{⌊T·t_min⌋, ..., ⌊T·t_max⌋} (both ends included, as the reference)."""
-  lo = jnp.floor(num_steps * t_min).astype(jnp.int32)
-  hi = jnp.floor(num_steps * t_max).astype(jnp.int32)
+  """[B] int32 t ~ U{⌊T·t_min⌋, ..., ⌊T·t_max⌋} (both ends included, as the reference),
+  clipped to the valid steps 0..T-1."""
+  lo = jnp.clip(jnp.floor(num_steps * t_min).astype(jnp.int32), 0, num_steps - 1)
+  hi = jnp.clip(jnp.floor(num_steps * t_max).astype(jnp.int32), lo, num_steps - 1)
   return jax.random.randint(key, (batch,), lo, hi + 1)
 
 

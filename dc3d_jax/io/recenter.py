@@ -24,8 +24,9 @@ def _tight_bbox(alpha: np.ndarray, threshold: float) -> tuple[int, int, int, int
 
 
 def _placement(crop_hw: tuple[int, int], size: int, fill: float):
-  """Scaled crop size (h, w) with the longer side round(fill * size), and its top-left."""
-  long_side = max(1, min(size, round(fill * size)))
+  """Scaled crop size (h, w), longer side int(fill·size) (921 px of 1024, as the reference),
+  and its top-left corner."""
+  long_side = max(1, min(size, int(fill * size)))
   scale = long_side / max(crop_hw)
   h, w = (max(1, min(size, round(n * scale))) for n in crop_hw)
   return (h, w), ((size - h) // 2, (size - w) // 2)
@@ -44,7 +45,7 @@ def recenter(rgba: np.ndarray, *, size: int, fill: float = 0.9, depth: np.ndarra
   """Crops rgba [H, W, 4] to its object, scales and centres it on a [size, size, 4] canvas.
 
   The object is the tight box of alpha > threshold (the reference uses > 0, so soft matting
-  edges count as object). Its longer side becomes round(fill * size) pixels, aspect kept.
+  edges count as object). Its longer side becomes int(fill * size) pixels, aspect kept.
   An optional depth [H, W] or [H, W, 1] gets the same crop, scale and offset and comes back
   as [size, size, 1], zero outside the pasted box.
   """

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -128,7 +129,12 @@ def save_video(path, frames: Iterable[Any], fps: float = 30) -> None:
         pix_fmt_in="rgb24", pix_fmt_out="yuv420p", macro_block_size=1,
         output_params=["-crf", _VIDEO_CRF, "-preset", "medium", "-movflags", "+faststart"])
     try:
-      writer.send(None)
+      with warnings.catch_warnings():
+        # Starting ffmpeg forks a JAX-threaded process; it execs at once, so the generic
+        # fork-deadlock warning does not apply here.
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                                category=RuntimeWarning)
+        writer.send(None)
       writer.send(first)
       for frame in frames:
         if np.shape(frame)[:2] != raw_hw:

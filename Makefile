@@ -1,0 +1,22 @@
+# Two commands do everything on a fresh machine (README):
+#   make demo   creates .venv from requirements.txt if needed, then runs the CPU demo
+#   make test   creates .venv if needed, then runs the test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-requirements
+
+.PHONY: demo test clean-venv
+
+$(STAMP): requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	cp requirements.txt $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m experiments.run --config=configs/demo.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

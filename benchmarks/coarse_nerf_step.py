@@ -1,0 +1,99 @@
+"""Speed and memory of one coarse-NeRF training step (reference view and guidance view).
+
+  python -m benchmarks.coarse_nerf_step --out benchmarks/out/coarse_nerf_128.json --res 128
+  python -m benchmarks.coarse_nerf_step --out benchmarks/out/coarse_nerf_384.json --res 384
+
+Builds the stage from a config (default: the reference settings, configs/dreamcraft3d.py, at
+the given render resolution), runs `--warmup` real training steps so the occupancy grid and
+band reflect training, then times each compiled substep (median over --repeats). The oracle
+prior stands in for the diffusion models, so the guidance time excludes any UNet.
+"""
+
+import argparse
+import importlib
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from dc3d_jax import config_overrides, reference
+from dc3d_jax.core import devices, rng
+from dc3d_jax.guidance import registry
+from dc3d_jax.priors import oracle
+from dc3d_jax.stages import coarse_nerf as cn
+
+
+def build(config_module: str, res: int, overrides: dict):
+  cfg = importlib.import_module(config_module).get_config()
+  config_overrides.apply_overrides(cfg, overrides)
+  par = devices.data_parallel()
+  guidance, prior_params = registry.build(cfg, cn.NAME)
+  batch_size = devices.views_per_step(cfg.data.batch_size, par.n_devices)
+  settings = cn.settings_from_config(cfg, guidance, batch_size, par.data)
+  views = settings.views
+  gt = oracle.ground_truth_mesh(cfg.guidance.oracle_object)
+  rgba, depth = reference.render_ground_truth(gt, views, res)
+  ref = reference.at_resolution({"rgba": rgba, "depth": depth}, res)
+  return cfg, settings, par.replicate({"ref": ref}), par.replicate(prior_params), par
+
+
+def time_substeps(settings, batch, prior_params, par, warmup: int, repeats: int) -> dict:
+  root = par.replicate(rng.root_key(0))
+  state = par.replicate(cn.init_state(settings, rng.key_for(root, "init", 0)))
+  compiled = cn.compile_steps(settings, "alternate")
+  out = {}
+  for parts, fn in compiled.items():
+    t0 = time.perf_counter()
+    state, _ = jax.block_until_ready(fn(state, batch, prior_params, root))
+    out[f"{parts[0]}_first_call_s"] = time.perf_counter() - t0
+  for step in range(warmup):
+    state, _ = fn_for(compiled, step)(state, batch, prior_params, root)
+  for parts, fn in compiled.items():
+    holder = {"state": state}
+    def call():
+      holder["state"], metrics = fn(holder["state"], batch, prior_params, root)
+      return metrics
+    out[parts[0]] = common.summary(common.wall_times(call, repeats))
+    metrics = jax.device_get(call())
+    out[parts[0]]["samples_per_ray"] = float(metrics[f"samples_per_ray/{parts[0]}"])
+    out[parts[0]]["kept_frac"] = float(metrics[f"kept_frac/{parts[0]}"])
+    state = holder["state"]
+  return out
+
+
+def fn_for(compiled, step):
+  return compiled[cn.parts_at(step, "alternate")]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--config", default="configs.dreamcraft3d")
+  p.add_argument("--res", type=int, default=128)
+  p.add_argument("--warmup", type=int, default=20)
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override, e.g. coarse_nerf.render.samples_per_ray=24")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  overrides = dict(s.split("=", 1) for s in args.set)
+  cfg, settings, batch, prior_params, par = build(args.config, args.res, overrides)
+  record = {"benchmark": "coarse_nerf_step", "config": args.config, "resolution": args.res,
+            "overrides": overrides, "batch_size": settings.batch_size,
+            "warmup_steps": args.warmup, **common.environment()}
+  record.update(time_substeps(settings, batch, prior_params, par, args.warmup, args.repeats))
+  record.update(common.peak_memory_bytes())
+  common.write(args.out, record)
+  print(f"coarse_nerf_step {args.res}² on {record['device_kind']}: ref "
+        f"{record['ref']['median_s']:.3f} s, guidance {record['guidance']['median_s']:.3f} s "
+        f"(samples/ray {record['ref']['samples_per_ray']:.1f} / "
+        f"{record['guidance']['samples_per_ray']:.1f})")
+  return record
+
+
+if __name__ == "__main__":
+  main()

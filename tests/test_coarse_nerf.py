@@ -1,0 +1,116 @@
+"""The coarse-NeRF stage: a short run's numbers, no recompilation, weights, and the NaN stop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dc3d_jax import reference
+from dc3d_jax.core import devices, rng
+from dc3d_jax.guidance import registry
+from dc3d_jax.priors import oracle
+from dc3d_jax.stages import coarse_nerf as cn
+from dc3d_jax.stages import common
+
+
+def _setup(cfg):
+  par = devices.data_parallel()
+  guidance, prior_params = registry.build(cfg, cn.NAME)
+  settings = cn.settings_from_config(cfg, guidance, 1, par.data)
+  gt = oracle.ground_truth_mesh(cfg.guidance.oracle_object)
+  rgba, depth = reference.render_ground_truth(gt, settings.views, 64)
+  batch = {"ref": reference.at_resolution({"rgba": rgba, "depth": depth}, 16)}
+  state = cn.init_state(settings, jax.random.key(0))
+  # As the pipeline does: everything replicated on the device mesh, views split along it.
+  return settings, par.replicate(batch), par.replicate(prior_params), par.replicate(state)
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+  from conftest import tiny_config
+  cfg = tiny_config(tmp_path_factory.mktemp("run"))
+  settings, batch, prior_params, state = _setup(cfg)
+  return cfg, settings, batch, prior_params, state, cn.compile_steps(settings, "alternate")
+
+
+def _run(compiled, state, batch, prior_params, steps, start=0):
+  root = devices.data_parallel().replicate(rng.root_key(0))
+  history = []
+  for step in range(start, start + steps):
+    state, metrics = compiled[cn.parts_at(step, "alternate")](state, batch, prior_params, root)
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+def test_two_steps_log_every_term_and_change_params(stage):
+  _, settings, batch, prior_params, state, compiled = stage
+  before = jax.device_get(state.params)
+  state = jax.tree_util.tree_map(jnp.copy, state)  # the step donates its input
+  state, (ref_m, guide_m) = _run(compiled, state, batch, prior_params, 2)
+  assert set(ref_m) >= {f"loss/{n}" for n in ("rgb", "mask", "depth_rel", "orient",
+                                                "opaque", "normal_smooth_2d",
+                                                "normal_smooth_3d")}
+  assert "loss/sparsity" not in ref_m and "loss/sds_2d" not in ref_m
+  assert set(guide_m) >= {"loss/sds_2d", "loss/sparsity", "sds_2d/t"}
+  for m in (ref_m, guide_m):
+    assert all(np.isfinite(v) for v in m.values())
+  # Reference §3.1 NeRF t range at step 1: [0.7, 0.85] (minus 1/200 of the ramp).
+  assert 695 <= guide_m["sds_2d/t"] <= 850
+  # The blob starts as a sphere of radius ~0.5: the reference mask disagrees with it.
+  assert ref_m["loss/mask"] > 1e-3 and ref_m["kept_frac/ref"] == 1.0
+  assert int(state.step) == 2 and int(state.skipped) == 0
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))),
+                                 jax.device_get(state.params), before)
+  assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))
+
+
+def test_steps_do_not_recompile(stage):
+  _, _, batch, prior_params, state, compiled = stage
+  state = jax.tree_util.tree_map(jnp.copy, state)
+  state, _ = _run(compiled, state, batch, prior_params, 2)   # both variants compiled
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event) if "compile" in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    _run(compiled, state, batch, prior_params, 4, start=2)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == [], compiles
+  assert all(fn._cache_size() == 1 for fn in compiled.values())
+
+
+def test_reference_loss_falls_over_a_few_steps(stage):
+  _, _, batch, prior_params, state, compiled = stage
+  state = jax.tree_util.tree_map(jnp.copy, state)
+  _, history = _run(compiled, state, batch, prior_params, 40)
+  rgb = [float(m["loss/rgb"]) for m in history[::2]]
+  assert rgb[-1] < 0.5 * rgb[0]
+
+
+def test_loss_weights_must_match_terms():
+  weights = {n: (1.0,) for n in cn.LOSS_TERMS}
+  assert common.check_loss_weights(weights, cn.LOSS_TERMS, "coarse_nerf") == weights
+  typo = dict(weights, orientt=(1.0,))
+  del typo["orient"]
+  with pytest.raises(ValueError, match=r"missing weights \['orient'\].*unknown weights \['orientt'\]"):
+    common.check_loss_weights(typo, cn.LOSS_TERMS, "coarse_nerf")
+  with pytest.raises(ValueError, match="coarse_nerf.loss.rgb"):
+    common.check_loss_weights(dict(weights, rgb=(1, 2)), cn.LOSS_TERMS, "coarse_nerf")
+
+
+def test_zero_weights_skip_their_terms(tiny_cfg):
+  with tiny_cfg.unlocked():
+    for name in ("orient", "normal_smooth_2d", "normal_smooth_3d", "depth_rel"):
+      tiny_cfg.coarse_nerf.loss[name] = (0.0,)
+  settings, *_ = _setup(tiny_cfg)
+  assert settings.normals == "none"
+  assert not settings.active & {"orient", "normal_smooth_2d", "normal_smooth_3d", "depth_rel"}
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tiny_cfg):
+  from dc3d_jax import pipeline
+  from dc3d_jax.stages import loop
+  with tiny_cfg.unlocked():
+    tiny_cfg.coarse_nerf.loss.rgb = (float("nan"),)
+  with pytest.raises(loop.NonFiniteError, match=r"step 1: non-finite values in \['loss'"):
+    pipeline.run(tiny_cfg, progress=False)
