@@ -211,7 +211,7 @@ def test_recenter_wide_object_and_no_depth():
   rgba[40:44, 0:30, 3] = 1.0
   out, none = recenter.recenter(rgba, size=64)
   ys, xs = np.nonzero(out[..., 3] > 0.5)
-  assert none is None and xs.max() - xs.min() + 1 == round(0.9 * 64)
+  assert none is None and xs.max() - xs.min() + 1 == int(0.9 * 64)  # 57
 
 
 def test_recenter_empty_alpha_raises():
@@ -334,3 +334,11 @@ def test_save_json_numpy_and_jax(tmp_path):
   assert json.loads(text) == {"a": [0, 1, 2], "b": 0.25, "c": {"x": 2.5, "y": [[1, 2]]},
                               "d": [True, None]}
   assert text.index('"a"') < text.index('"b"') < text.index('"c"') and '\n  "a"' in text
+
+
+def test_recenter_fill_matches_the_reference_921_pixels():
+  rgba = np.zeros((200, 100, 4), np.float32)
+  rgba[20:180, 30:70, 3] = 1.0
+  out, _ = recenter.recenter(rgba, size=1024)
+  ys, _ = np.nonzero(out[..., 3] > 0.5)
+  assert ys.max() - ys.min() + 1 == 921
