@@ -5,8 +5,10 @@
 
 Builds the stage from a config (default: the reference settings, configs/dreamcraft3d.py, at
 the given render resolution), runs `--warmup` real training steps so the occupancy grid and
-band reflect training, then times each compiled substep (median over --repeats). The oracle
-prior stands in for the diffusion models, so the guidance time excludes any UNet.
+band reflect training, then times each compiled substep (median over --repeats; the first,
+compiling call is reported apart). The oracle prior stands in for the diffusion models, so the
+guidance time excludes any UNet. Peak memory: the device's peak bytes where the backend
+reports them (GPU), and the process's peak RSS.
 """
 
 import argparse
@@ -39,6 +41,8 @@ def build(config_module: str, res: int, overrides: dict):
 
 
 def time_substeps(settings, batch, prior_params, par, warmup: int, repeats: int) -> dict:
+  """First call of each substep (compile + run), `warmup` training steps, then `repeats`
+  timed calls of each substep on the evolving state."""
   root = par.replicate(rng.root_key(0))
   state = par.replicate(cn.init_state(settings, rng.key_for(root, "init", 0)))
   compiled = cn.compile_steps(settings, "alternate")
@@ -50,15 +54,15 @@ def time_substeps(settings, batch, prior_params, par, warmup: int, repeats: int)
   for step in range(warmup):
     state, _ = fn_for(compiled, step)(state, batch, prior_params, root)
   for parts, fn in compiled.items():
-    holder = {"state": state}
-    def call():
-      holder["state"], metrics = fn(holder["state"], batch, prior_params, root)
-      return metrics
-    out[parts[0]] = common.summary(common.wall_times(call, repeats))
-    metrics = jax.device_get(call())
-    out[parts[0]]["samples_per_ray"] = float(metrics[f"samples_per_ray/{parts[0]}"])
-    out[parts[0]]["kept_frac"] = float(metrics[f"kept_frac/{parts[0]}"])
-    state = holder["state"]
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      state, metrics = jax.block_until_ready(fn(state, batch, prior_params, root))
+      times.append(time.perf_counter() - t0)
+    metrics = jax.device_get(metrics)
+    out[parts[0]] = dict(common.summary(times),
+                         samples_per_ray=float(metrics[f"samples_per_ray/{parts[0]}"]),
+                         kept_frac=float(metrics[f"kept_frac/{parts[0]}"]))
   return out
 
 

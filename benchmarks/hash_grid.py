@@ -10,15 +10,12 @@ device, jax version and spec, writes them as JSON to --out and prints a one-line
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import common
 from dc3d_jax.geometry import hash_grid
 
 
@@ -40,17 +37,6 @@ def loss_fn(params: dict, x: jax.Array, spec: hash_grid.HashGridSpec,
   return jnp.mean(jnp.square(h @ params["w2"]))
 
 
-def wall_times(fn, args, repeats: int) -> list[float]:
-  """Wall times of `repeats` calls of fn(*args), after one compile + warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return times
-
-
 def run(spec: hash_grid.HashGridSpec, n_points: int, repeats: int,
         encode=hash_grid.encode) -> dict:
   """Times forward and forward+backward; returns the JSON-ready record."""
@@ -59,16 +45,12 @@ def run(spec: hash_grid.HashGridSpec, n_points: int, repeats: int,
   x = jax.random.uniform(key_x, (n_points, 3))
   forward = jax.jit(lambda p, x: loss_fn(p, x, spec, encode))
   backward = jax.jit(jax.value_and_grad(lambda p, x: loss_fn(p, x, spec, encode)))
-  times_fwd = wall_times(forward, (params, x), repeats)
-  times_bwd = wall_times(backward, (params, x), repeats)
+  times_fwd = common.wall_times(lambda: forward(params, x), repeats)
+  times_bwd = common.wall_times(lambda: backward(params, x), repeats)
   t_fwd, t_bwd = statistics.median(times_fwd), statistics.median(times_bwd)
-  device = jax.devices()[0]
   return {
       "benchmark": "hash_grid",
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "device_kind": device.device_kind,
-      "platform": device.platform,
-      "jax_version": jax.__version__,
+      **common.environment(),
       "spec": dataclasses.asdict(spec),
       "n_points": n_points,
       "repeats": repeats,
@@ -96,9 +78,7 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   spec = hash_grid.HashGridSpec(n_levels=args.levels, log2_table_size=args.log2_table)
   record = run(spec, args.points, args.repeats)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(record, f, indent=2)
+  common.write(args.out, record)
   print(f"hash_grid on {record['platform']}/{record['device_kind']}: N={args.points} "
         f"L={spec.n_levels} T=2**{spec.log2_table_size}: "
         f"forward {record['forward_points_per_second']:.3e} pts/s, "

@@ -14,6 +14,7 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
   - the normal-based regularizers (orient, normal_smooth_2d, normal_smooth_3d) are off: their
     finite-difference normals cost 3-7 extra field queries per sample (3-4x the step time on
     CPU), and the oracle's views constrain this object without them;
+  - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
 """
 
@@ -37,7 +38,7 @@ def get_config(arg: str | None = None):
   n.field.grid.update(n_levels=12, log2_table_size=16, per_level_scale=1.3703509847201236)
   n.field.update(band_start_level=6, band_start_step=at(2000), band_update_steps=at(500))
   n.render.update(num_steps_diagonal=192, samples_per_ray=8.0, prepass_samples_per_ray=16.0,
-                  transmittance_threshold=1e-3)
+                  transmittance_threshold=1e-3, field_chunk=0, remat=False)
   for name in ("sparsity", "opaque"):
     s0, v0, v1, _ = n.loss[name]
     n.loss[name] = dreamcraft3d.step_change(v0, v1, at=at(s0))

@@ -81,6 +81,8 @@ def coarse_nerf_config() -> ml_collections.ConfigDict:
       # Static sample budgets per ray (averaged over all rays of a view; cost follows them).
       prepass_samples_per_ray=128.0, samples_per_ray=48.0,
       alpha_threshold=0.01, transmittance_threshold=0.0,
+      # Field queries per chunk, each recomputed in the backward pass: bounds memory at 384².
+      field_chunk=2**18, remat=True,
       occupancy_resolution=32, occupancy_threshold=0.01, occupancy_decay=0.95,
       occupancy_every=16))
   c.guidance = ml_collections.ConfigDict(dict(

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from dc3d_jax import cameras as cams
 from dc3d_jax import losses
 from dc3d_jax.core import rng, schedules
+from dc3d_jax.core.chunking import map_in_chunks
 from dc3d_jax.core.types import Rays
 from dc3d_jax.fields.density import DensityField, DensitySettings
 from dc3d_jax.geometry import hash_grid
@@ -60,6 +61,8 @@ class Settings:
   batch_size: int
   tx: Any
   data_sharding: Any = None
+  field_chunk: int = 0          # points per field evaluation (0: all at once)
+  remat: bool = False           # recompute field chunks in the backward pass (memory)
 
   @property
   def active(self) -> frozenset:
@@ -92,7 +95,8 @@ def settings_from_config(cfg, guidance: Mapping, batch_size: int, data_sharding=
       views=cams.ViewSettings.from_config(cfg.data, s.views.progressive_until),
       weights=common.check_loss_weights(s.loss, LOSS_TERMS, NAME),
       guidance=dict(guidance), batch_size=batch_size,
-      tx=common.make_optimizer(s.optim, PARAM_GROUPS), data_sharding=data_sharding)
+      tx=common.make_optimizer(s.optim, PARAM_GROUPS), data_sharding=data_sharding,
+      field_chunk=r.field_chunk, remat=r.remat)
 
 
 def _field(settings: Settings) -> DensityField:
@@ -113,12 +117,14 @@ def level_mask(settings: Settings, step) -> jax.Array:
 
 
 def field_fns(params, settings: Settings, mask: jax.Array):
-  """(field_fn: [N,3] -> (σ, rgb), density_fn: [N,3] -> σ) bound to params."""
+  """(field_fn: [N,3] -> (σ, rgb), density_fn: [N,3] -> σ) bound to params, evaluated in
+  chunks of settings.field_chunk points (recomputed in the backward pass if settings.remat)."""
   field = _field(settings)
   variables = {"params": params}
-  field_fn = lambda x: field.apply(variables, x, mask)
-  density_fn = lambda x: field.apply(variables, x, mask, method=DensityField.density)
-  return field_fn, density_fn
+  apply = lambda x: field.apply(variables, x, mask)
+  density = lambda x: field.apply(variables, x, mask, method=DensityField.density)
+  chunked = lambda fn: lambda x: map_in_chunks(fn, x, settings.field_chunk, remat=settings.remat)
+  return chunked(apply), chunked(density)
 
 
 def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str,
