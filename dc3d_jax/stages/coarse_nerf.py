@@ -127,17 +127,16 @@ def field_fns(params, settings: Settings, mask: jax.Array):
   return chunked(apply), chunked(density)
 
 
-def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str,
-                 volume_settings=None):
+def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str):
   """Cameras [B] -> (images {name: [B,H,W,C]}, packed samples {name: [B,K,...]})."""
   field_fn, density_fn = field_fns(params, settings, mask)
-  vol = volume_settings or settings.volume
   h, w = cameras.height, cameras.width
 
   def one(camera, k):
     rays = cams.camera_rays(camera)
     flat = jax.tree_util.tree_map(lambda a: a.reshape(-1, 3), rays)
-    out = volume.render_rays(field_fn, density_fn, flat, grid, vol, k, normals=normals)
+    out = volume.render_rays(field_fn, density_fn, flat, grid, settings.volume, k,
+                             normals=normals)
     images = {n: out.pop(n).reshape(h, w, -1) for n in PER_RAY if n in out}
     return images, out
 

@@ -49,17 +49,14 @@ def weighted_total(terms: Mapping, weights: Mapping, step) -> jax.Array:
   return sum(schedules.scalar(weights[name], step) * value for name, value in terms.items())
 
 
-def make_optimizer(optim_cfg, param_groups: tuple, *, weight_decay: float | None = None):
-  """Adam (or AdamW) with one learning rate per top-level parameter group, no LR schedule."""
+def make_optimizer(optim_cfg, param_groups: tuple):
+  """Adam with one learning rate per top-level parameter group and no LR schedule
+  (reference §1: no schedulers anywhere)."""
   lrs = dict(optim_cfg.lr)
   if set(lrs) != set(param_groups):
     raise ValueError(f"config optim.lr: groups {sorted(lrs)} do not match the parameter "
                      f"groups {sorted(param_groups)}")
-  def adam(lr):
-    if weight_decay is None:
-      return optax.adam(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
-    return optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                       weight_decay=weight_decay)
+  adam = lambda lr: optax.adam(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
   labels = {name: name for name in param_groups}
   return optax.multi_transform({name: adam(lr) for name, lr in lrs.items()}, labels)
 
