@@ -26,8 +26,9 @@ class Prior(Protocol):
   def alphas_cumprod(self) -> np.ndarray:
     """[T] ᾱ_t."""
 
-  def encode(self, params, images: jax.Array) -> jax.Array:
-    """[B, H, W, 3] renders in [0, 1] -> [B, h, w, c] model input x (differentiable)."""
+  def encode(self, params, images: jax.Array, key: jax.Array) -> jax.Array:
+    """[B, H, W, 3] renders in [0, 1] -> [B, h, w, c] model input x (differentiable; `key`
+    for a latent prior's posterior sample)."""
 
   def condition(self, params, cameras: Camera) -> Any:
     """Per-view conditioning (prompt embeddings, relative pose, a target render...)."""
@@ -66,9 +67,9 @@ class SDSGuidance:
 
   def loss(self, params, images: jax.Array, cameras: Camera, step, key):
     """[B, H, W, 3] renders of `cameras` -> (scalar loss, metrics dict)."""
-    k_t, k_noise = jax.random.split(key)
+    k_t, k_noise, k_encode = jax.random.split(key, 3)
     alphas = jnp.asarray(self.prior.alphas_cumprod())
-    x = self.prior.encode(params, images)
+    x = self.prior.encode(params, images, k_encode)
     t = sample_timesteps(k_t, x.shape[0], schedules.scalar(self.t_min, step),
                          schedules.scalar(self.t_max, step), alphas.shape[0])
     cond = self.prior.condition(params, cameras)

@@ -30,7 +30,7 @@ class OraclePrior:
     return noise_schedule.alphas_cumprod(self.beta_schedule, self.beta_start, self.beta_end,
                                          self.num_train_timesteps)
 
-  def encode(self, params, images: jax.Array) -> jax.Array:
+  def encode(self, params, images: jax.Array, key=None) -> jax.Array:
     b, _, _, c = images.shape
     size = (b, self.resolution, self.resolution, c)
     return 2.0 * jax.image.resize(images, size, "bilinear", antialias=False) - 1.0
