@@ -126,7 +126,7 @@ def test_normal_smooth_3d_ignores_dead_samples():
 
 def _orientation_case(seed=9):
   rng = _rng(seed)
-  k, r = 30, 6
+  k = 30
   normal = rng.normal(size=(k, 3))
   normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
   dirs = rng.normal(size=(k, 3))

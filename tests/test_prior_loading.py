@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dc3d_jax.priors import loading, tiny
+from dc3d_jax.priors import tiny
 from dc3d_jax.priors.loading import UnsupportedModelError, load_stable_diffusion, load_zero123
+from dc3d_jax.priors.models import NoiseScheduleConfig
 from dc3d_jax.priors.resolve import ModelNotFoundError
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
@@ -98,7 +99,7 @@ def test_network_guard_refuses_and_records(no_network):
 def test_stable_diffusion_from_folder(sd_ref, models):
   assert set(sd_ref.params) == {"unet", "vae", "text_encoder"}
   assert sd_ref.params["unet"]["conv_in"]["kernel"].shape == (3, 3, 4, 32)
-  assert sd_ref.schedule == loading.NoiseScheduleConfig("scaled_linear", 0.00085, 0.012, 1000)
+  assert sd_ref.schedule == NoiseScheduleConfig("scaled_linear", 0.00085, 0.012, 1000)
   assert sd_ref.vae_scaling_factor == pytest.approx(0.18215)
   assert sd_ref.source == str(models["sd"].resolve())
   tokens = sd_ref.tokenizer("a photo of a red toy, front view").input_ids
@@ -256,7 +257,7 @@ def test_zero123_folder_defaults_and_bare_cc_projection(z_ref, models, tmp_path)
   state = safetensors.numpy.load_file(str(weights))
   safetensors.numpy.save_file({k.split(".")[-1]: v for k, v in state.items()}, str(weights))
   loaded = load_zero123(str(folder))
-  assert loaded.schedule == loading.NoiseScheduleConfig()
+  assert loaded.schedule == NoiseScheduleConfig()
   assert loaded.params["cc_projection"]["kernel"].shape == (36, 32)
   assert max_abs_diff(loaded.params, z_ref.params) == 0.0
 

@@ -8,36 +8,25 @@ or, for Zero123, an original LDM checkpoint (`stable_zero123.ckpt`, `zero123-xl.
 `.safetensors` of the same keys). Nothing is downloaded.
 
 Every source is first reduced to PyTorch-layout state dicts with diffusers / transformers
-key names (numpy arrays, storage dtype kept); one builder then converts them with the
-libraries' own PyTorch -> Flax converters, checks that every parameter is present, and
-casts floating parameters to the compute dtype.
+key names (numpy arrays, storage dtype kept; file reading in `state_dicts.py`, LDM
+checkpoints in `ldm_checkpoint.py`); one builder then converts them with the libraries' own
+PyTorch -> Flax converters, checks that every parameter is present, and casts floating
+parameters to the compute dtype.
 """
 
 import dataclasses
-import json
-import math
-import pickle
-import types
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from dc3d_jax.priors import resolve
-from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels, Zero123Models
+from dc3d_jax.priors import ldm_checkpoint, resolve
+from dc3d_jax.priors.models import StableDiffusionModels, Zero123Models
 from dc3d_jax.priors.resolve import ModelNotFoundError
+from dc3d_jax.priors.state_dicts import (DEFAULT_VAE_SCALING, OPENAI_CLIP_MEAN,
+                                         OPENAI_CLIP_STD, UnsupportedModelError, cast_floating,
+                                         diffusers_to_flax, read_json, read_schedule,
+                                         read_state_dict, transformers_to_flax)
 from dc3d_jax.priors.torch_semantics import quiet_libraries
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_VAE_SCALING = 0.18215
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")   # noise_schedule.py
-
-
-class UnsupportedModelError(ValueError):
-  """A model whose configuration the Flax classes cannot represent."""
-
 
 # ---------------------------------------------------------------------------- public API
 
@@ -73,7 +62,7 @@ def load_zero123(model: str, *, dtype=jnp.float32,
   no `cond_stage_model.model.visual.*`, and used instead of the bundled encoder if given.
   """
   found = resolve.resolve_model(model, "zero123")
-  source = zero123_from_ldm(found.path) if found.format == "ldm" else zero123_from_folder(found)
+  source = ldm_checkpoint.zero123_from_ldm(found.path) if found.format == "ldm" else zero123_from_folder(found)
   if image_encoder is not None:
     source = dataclasses.replace(source, clip=clip_vision_from_folder(
         resolve.resolve_model(image_encoder, "clip_vision").path))
@@ -86,139 +75,6 @@ def load_zero123(model: str, *, dtype=jnp.float32,
         + resolve.expected_files("clip_vision"))
   with quiet_libraries():
     return build_zero123(source, dtype, origin=str(found.path))
-
-
-# ----------------------------------------------------------------------- reading files
-
-def read_json(path) -> dict:
-  return json.loads(Path(path).read_text())
-
-
-def read_state_dict(path) -> dict:
-  """A weights file -> {name: numpy array} in its storage dtype (bf16 via ml_dtypes)."""
-  path = Path(path)
-  if path.suffix == ".safetensors":
-    import safetensors.numpy
-    return safetensors.numpy.load_file(str(path))
-  state = torch_load(path)
-  if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-    state = state["state_dict"]   # Lightning checkpoints keep the weights under "state_dict"
-  return {k: _torch_to_numpy(v) for k, v in state.items() if _is_tensor(v)}
-
-
-def torch_load(path: Path):
-  """torch.load without arbitrary code execution (weights_only), memory-mapped if possible."""
-  import torch
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except RuntimeError as err:
-    if "mmap" not in str(err):   # old (non-zip) serialization cannot be memory-mapped
-      raise
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as err:
-    raise UnsupportedModelError(
-        f"{path}: torch.load(weights_only=True) refused the file, which pickles more than "
-        "tensors. If you trust it, re-save only its weights, e.g. "
-        "safetensors.torch.save_file(torch.load(p, weights_only=False)['state_dict'], "
-        f"'model.safetensors'), and pass that file.\n({err})") from None
-
-
-def _is_tensor(value) -> bool:
-  import torch
-  return isinstance(value, torch.Tensor)
-
-
-def _torch_to_numpy(tensor) -> np.ndarray:
-  import torch
-  tensor = tensor.detach().cpu()
-  if tensor.dtype == torch.bfloat16:   # numpy has no bf16; reinterpret the bits exactly
-    import ml_dtypes
-    return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-  return tensor.numpy()
-
-
-def read_schedule(path) -> NoiseScheduleConfig:
-  """scheduler_config.json -> NoiseScheduleConfig; absent: Zero123's (§3.2) scaled-linear."""
-  if path is None:
-    return NoiseScheduleConfig()
-  config = read_json(path)
-  schedule = NoiseScheduleConfig(
-      beta_schedule=config.get("beta_schedule", "linear"),
-      beta_start=float(config.get("beta_start", 0.0001)),
-      beta_end=float(config.get("beta_end", 0.02)),
-      num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
-      prediction_type=config.get("prediction_type", "epsilon"))
-  if schedule.prediction_type != "epsilon":
-    raise UnsupportedModelError(
-        f"{path}: prediction_type={schedule.prediction_type!r}; only 'epsilon' models are "
-        "supported (score distillation here uses ε predictions, e.g. SD 2.1-base, not the "
-        "v-prediction SD 2.1 768)")
-  if schedule.beta_schedule not in BETA_SCHEDULES or config.get("trained_betas"):
-    raise UnsupportedModelError(
-        f"{path}: beta_schedule={schedule.beta_schedule!r} / trained_betas not supported; "
-        f"expected one of {BETA_SCHEDULES}")
-  return schedule
-
-
-# ---------------------------------------------------------------- PyTorch state -> Flax
-
-class _TensorLike:
-  """diffusers' converter calls `.numpy()` on each value, as on a torch tensor."""
-  __slots__ = ("value",)
-
-  def __init__(self, value):
-    self.value = value
-
-  def numpy(self):
-    return self.value
-
-
-def _flat_keys(tree) -> dict:
-  from flax.traverse_util import flatten_dict
-  return flatten_dict(dict(tree))
-
-
-def check_param_names(params, expected, what: str) -> dict:
-  """Raises if a parameter is missing or unknown (the library converters pass both)."""
-  got, want = _flat_keys(params), _flat_keys(expected)
-  missing = sorted(".".join(k) for k in want.keys() - got.keys())
-  unknown = sorted(".".join(k) for k in got.keys() - want.keys())
-  if missing or unknown:
-    raise UnsupportedModelError(
-        f"{what}: weights do not match the model config: {len(missing)} missing "
-        f"{missing[:8]}, {len(unknown)} unexpected {unknown[:8]}")
-  return params
-
-
-def diffusers_to_flax(state: dict, module, what: str) -> dict:
-  """A diffusers PyTorch state dict -> params of the Flax `module` (checked)."""
-  from diffusers.models.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
-  # The converter only reads the names and shapes of a random init; eval_shape gives
-  # them without running the init (seconds and gigabytes for the real UNet).
-  expected = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
-  shapes_only = types.SimpleNamespace(init_weights=lambda rng: expected)
-  params = convert_pytorch_state_dict_to_flax(
-      {k: _TensorLike(v) for k, v in state.items()}, shapes_only)
-  return check_param_names(params, expected, what)
-
-
-def transformers_to_flax(state: dict, model, what: str) -> dict:
-  """A transformers PyTorch state dict -> params of the Flax `model` (built _do_init=False)."""
-  from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
-  expected = jax.eval_shape(lambda rng: model.init_weights(rng, model.input_shape),
-                            jax.random.PRNGKey(0))
-  shapes_only = types.SimpleNamespace(base_model_prefix=model.base_model_prefix,
-                                      params=expected)
-  params = convert_pytorch_state_dict_to_flax(dict(state), shapes_only)
-  return check_param_names(params, expected, what)
-
-
-def cast_floating(tree, dtype):
-  """Floating leaves -> dtype (diffusers' to_bf16 calls the removed jax.tree_map)."""
-  def cast(x):
-    x = jnp.asarray(x)
-    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-  return jax.tree_util.tree_map(cast, tree)
 
 
 # ------------------------------------------------------------------ UNet and VAE (diffusers)
@@ -306,17 +162,7 @@ def build_clip_text(folder: Path, state: dict, dtype):
   return model, transformers_to_flax(_tower(state, "text_model."), model, "text_encoder")
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipVisionSource:
-  """A CLIP image encoder in transformers' PyTorch layout, and its input normalisation."""
-  config: object          # transformers.CLIPVisionConfig
-  state: dict             # vision_model.* and visual_projection.weight
-  mean: tuple = OPENAI_CLIP_MEAN
-  std: tuple = OPENAI_CLIP_STD
-  size: int = 224
-
-
-def clip_vision_from_folder(folder: Path, preprocessor: Path | None = None) -> ClipVisionSource:
+def clip_vision_from_folder(folder: Path, preprocessor: Path | None = None) -> ldm_checkpoint.ClipVisionSource:
   """A CLIPVisionModelWithProjection (or full CLIPModel) folder -> ClipVisionSource."""
   from transformers import CLIPVisionConfig
   found = resolve.resolve_model(str(folder), "clip_vision")
@@ -329,7 +175,7 @@ def clip_vision_from_folder(folder: Path, preprocessor: Path | None = None) -> C
         "CLIP image embedding (a CLIPVisionModelWithProjection or CLIPModel checkpoint)")
   preprocessor = preprocessor or found.path / "preprocessor_config.json"
   mean, std, size = _clip_preprocessing(preprocessor, config.image_size)
-  return ClipVisionSource(config, state, mean, std, size)
+  return ldm_checkpoint.ClipVisionSource(config, state, mean, std, size)
 
 
 def _clip_preprocessing(path: Path, default_size: int):
@@ -343,7 +189,7 @@ def _clip_preprocessing(path: Path, default_size: int):
           tuple(config.get("image_std", OPENAI_CLIP_STD)), size)
 
 
-def build_clip_vision(source: ClipVisionSource, dtype):
+def build_clip_vision(source: ldm_checkpoint.ClipVisionSource, dtype):
   """(FlaxCLIPVisionModel, params, visual_projection params {"kernel": [hidden, proj]})."""
   from transformers import FlaxCLIPVisionModel
   model = FlaxCLIPVisionModel(source.config, dtype=dtype, _do_init=False)
@@ -355,45 +201,23 @@ def build_clip_vision(source: ClipVisionSource, dtype):
 
 # --------------------------------------------------------------------------- Zero123
 
-@dataclasses.dataclass(frozen=True)
-class Zero123Source:
-  """Zero123 in PyTorch layout with diffusers / transformers names, whatever the file format."""
-  unet_config: dict
-  unet_state: dict
-  vae_config: dict
-  vae_state: dict
-  clip: ClipVisionSource | None
-  cc_projection: dict     # {"weight": [out, in], "bias": [out]}
-  schedule: NoiseScheduleConfig
-  vae_scaling_factor: float = DEFAULT_VAE_SCALING
-
-
-def zero123_from_folder(found: resolve.ResolvedModel) -> Zero123Source:
+def zero123_from_folder(found: resolve.ResolvedModel) -> ldm_checkpoint.Zero123Source:
   """A diffusers Zero1to3 folder (unet, vae, image_encoder, cc_projection, scheduler)."""
   f = found.files
   schedule = read_schedule(f["scheduler_config"])   # cheap checks before reading weights
   unet_config = check_flax_unet_config(read_json(f["unet_config"]))
   vae_config = read_json(f["vae_config"])
-  return Zero123Source(
+  return ldm_checkpoint.Zero123Source(
       unet_config=unet_config, unet_state=read_state_dict(f["unet_weights"]),
       vae_config=vae_config, vae_state=read_state_dict(f["vae_weights"]),
       clip=clip_vision_from_folder(found.path / "image_encoder", f["feature_extractor"]),
-      cc_projection=_cc_projection(read_state_dict(f["cc_projection_weights"]),
+      cc_projection=ldm_checkpoint.cc_projection_weights(read_state_dict(f["cc_projection_weights"]),
                                    f["cc_projection_weights"]),
       schedule=schedule,
       vae_scaling_factor=float(vae_config.get("scaling_factor") or DEFAULT_VAE_SCALING))
 
 
-def _cc_projection(state: dict, where) -> dict:
-  # The public conversions save CCProjection(Linear) as projection.*; accept a bare Linear.
-  for prefix in ("projection.", "cc_projection.", ""):
-    if f"{prefix}weight" in state and f"{prefix}bias" in state:
-      return {"weight": state[f"{prefix}weight"], "bias": state[f"{prefix}bias"]}
-  raise UnsupportedModelError(f"{where}: no cc_projection weights (expected projection.weight "
-                              f"and projection.bias, or weight and bias); has {sorted(state)}")
-
-
-def build_zero123(source: Zero123Source, dtype, origin: str) -> Zero123Models:
+def build_zero123(source: ldm_checkpoint.Zero123Source, dtype, origin: str) -> Zero123Models:
   """Flax modules and params (cast to dtype) from a Zero123Source."""
   config = source.unet_config
   if config.get("in_channels") != 2 * config.get("out_channels", 4):
@@ -419,135 +243,3 @@ def build_zero123(source: Zero123Source, dtype, origin: str) -> Zero123Models:
       clip_size=int(source.clip.size), source=origin)
 
 
-# ------------------------------------------------------------- Zero123 LDM checkpoints
-
-LDM_UNET = "model.diffusion_model."
-LDM_VAE = "first_stage_model."
-LDM_VISUAL = "cond_stage_model.model.visual."
-# sd-objaverse-finetune-c_concat-256.yaml facts that tensor shapes cannot tell:
-LDM_NUM_HEADS = 8            # num_heads (the same at every level)
-LDM_LATENT_SIZE = 32         # image_size: 256 px / 8
-LDM_NORM_GROUPS = 32
-
-
-def zero123_from_ldm(path: Path) -> Zero123Source:
-  """An original Zero123 LatentDiffusion checkpoint -> Zero123Source (diffusers names)."""
-  from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
-                                                   convert_ldm_vae_checkpoint)
-  state = read_state_dict(path)
-  unet = ldm_unet_weights(state, path)
-  vae = {k[len(LDM_VAE):]: v for k, v in state.items() if k.startswith(LDM_VAE)}
-  if not vae:
-    raise UnsupportedModelError(f"{path}: no {LDM_VAE}* keys (the kl-f8 VAE)")
-  unet_config, vae_config = ldm_unet_config(unet), ldm_vae_config(vae)
-  with quiet_libraries():
-    unet_state = convert_ldm_unet_checkpoint({LDM_UNET + k: v for k, v in unet.items()},
-                                             unet_config)
-    vae_state = convert_ldm_vae_checkpoint({LDM_VAE + k: v for k, v in vae.items()},
-                                           vae_config)
-  visual = {k[len(LDM_VISUAL):]: v for k, v in state.items() if k.startswith(LDM_VISUAL)}
-  return Zero123Source(
-      unet_config=unet_config, unet_state=unet_state, vae_config=vae_config,
-      vae_state=vae_state, clip=openai_visual_to_hf(visual, state) if visual else None,
-      cc_projection=_cc_projection({k: v for k, v in state.items()
-                                    if k.startswith("cc_projection.")}, path),
-      schedule=NoiseScheduleConfig(),   # linear_start/end 0.00085/0.012, 1000 steps
-      vae_scaling_factor=DEFAULT_VAE_SCALING)
-
-
-def ldm_unet_weights(state: dict, path) -> dict:
-  """The UNet's weights without prefix, EMA copies preferred (§3.2: the EMA weights are
-  copied in). As LitEma.copy_to, a weight without an EMA copy keeps its raw value."""
-  unet = {k[len(LDM_UNET):]: v for k, v in state.items() if k.startswith(LDM_UNET)}
-  if not unet:
-    raise UnsupportedModelError(f"{path}: no {LDM_UNET}* keys; not a LatentDiffusion "
-                                "checkpoint")
-  # LitEma keeps each parameter under its name without dots: model_ema.diffusion_model...
-  return {k: state.get("model_ema." + f"diffusion_model.{k}".replace(".", ""), v)
-          for k, v in unet.items()}
-
-
-def ldm_unet_config(unet: dict) -> dict:
-  """A diffusers UNet config from openaimodel.UNetModel weight shapes (+ the yaml facts)."""
-  blocks = 1 + max(int(k.split(".")[1]) for k in unet if k.startswith("input_blocks."))
-  levels = 1 + sum(k.endswith(".op.weight") for k in unet)
-  if (blocks - levels) % levels:
-    raise UnsupportedModelError("LDM UNet with unequal num_res_blocks per level: not "
-                                "representable in diffusers")
-  layers = (blocks - levels) // levels
-  first = [1 + level * (layers + 1) for level in range(levels)]
-  channels = tuple(int(unet[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0]) for i in first)
-  attention = [f"input_blocks.{i}.1.proj_in.weight" in unet for i in first]
-  if "middle_block.1.proj_in.weight" not in unet:
-    raise UnsupportedModelError("LDM UNet without middle-block attention: not an SD UNet")
-  proj_in = unet["middle_block.1.proj_in.weight"]
-  context = next(v for k, v in unet.items() if k.endswith("attn2.to_k.weight")).shape[1]
-  depth = 1 + max(int(k.split(".")[3]) for k in unet
-                  if k.startswith("middle_block.1.transformer_blocks."))
-  return dict(
-      sample_size=LDM_LATENT_SIZE, in_channels=int(unet["input_blocks.0.0.weight"].shape[1]),
-      out_channels=int(unet["out.2.weight"].shape[0]),
-      down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-      up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D"
-                           for a in reversed(attention)),
-      block_out_channels=channels, layers_per_block=layers,
-      attention_head_dim=LDM_NUM_HEADS,   # diffusers' name for the head count
-      cross_attention_dim=int(context), use_linear_projection=proj_in.ndim == 2,
-      transformer_layers_per_block=depth, norm_num_groups=LDM_NORM_GROUPS,
-      flip_sin_to_cos=True, freq_shift=0)   # LDM timestep_embedding: [cos, sin], no shift
-
-
-def ldm_vae_config(vae: dict) -> dict:
-  """A diffusers AutoencoderKL config from ldm AutoencoderKL weight shapes (kl-f8 facts)."""
-  levels = 1 + max(int(k.split(".")[2]) for k in vae if k.startswith("encoder.down."))
-  layers = 1 + max(int(k.split(".")[4]) for k in vae if k.startswith("encoder.down.0.block."))
-  channels = tuple(int(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0])
-                   for i in range(levels))
-  return dict(
-      in_channels=int(vae["encoder.conv_in.weight"].shape[1]),
-      out_channels=int(vae["decoder.conv_out.weight"].shape[0]),
-      down_block_types=("DownEncoderBlock2D",) * levels,
-      up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=channels,
-      layers_per_block=layers, latent_channels=int(vae["post_quant_conv.weight"].shape[0]),
-      norm_num_groups=LDM_NORM_GROUPS, sample_size=8 * LDM_LATENT_SIZE,
-      scaling_factor=DEFAULT_VAE_SCALING, act_fn="silu")
-
-
-_OPENAI_LAYER_TO_HF = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1",
-                       "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-
-
-def openai_visual_to_hf(visual: dict, state: dict) -> ClipVisionSource:
-  """OpenAI CLIP `visual.*` weights -> CLIPVisionModelWithProjection names and config."""
-  from transformers import CLIPVisionConfig
-  conv1, pos = visual["conv1.weight"], visual["positional_embedding"]
-  width, patch = conv1.shape[0], conv1.shape[-1]
-  layers = 1 + max(int(k.split(".")[2]) for k in visual if k.startswith("transformer.resblocks."))
-  config = CLIPVisionConfig(
-      hidden_size=width, num_hidden_layers=layers,
-      intermediate_size=visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-      num_attention_heads=max(1, width // 64),   # OpenAI CLIP: heads = width / 64
-      image_size=patch * math.isqrt(pos.shape[0] - 1), patch_size=patch,
-      num_channels=conv1.shape[1], projection_dim=visual["proj"].shape[1],
-      hidden_act="quick_gelu", layer_norm_eps=1e-5)
-  p = "vision_model."
-  out = {p + "embeddings.patch_embedding.weight": conv1,
-         p + "embeddings.class_embedding": visual["class_embedding"],
-         p + "embeddings.position_embedding.weight": pos,
-         "visual_projection.weight": np.ascontiguousarray(visual["proj"].T)}
-  for openai, hf in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
-    for leaf in ("weight", "bias"):
-      out[f"{p}{hf}.{leaf}"] = visual[f"{openai}.{leaf}"]
-  for i in range(layers):
-    src, dst = f"transformer.resblocks.{i}.", f"{p}encoder.layers.{i}."
-    for leaf in ("weight", "bias"):   # nn.MultiheadAttention fuses q, k, v row-wise
-      for name, part in zip("qkv", np.split(visual[f"{src}attn.in_proj_{leaf}"], 3)):
-        out[f"{dst}self_attn.{name}_proj.{leaf}"] = part
-      for openai, hf in _OPENAI_LAYER_TO_HF.items():
-        out[f"{dst}{hf}.{leaf}"] = visual[f"{src}{openai}.{leaf}"]
-  mean, std = state.get("cond_stage_model.mean"), state.get("cond_stage_model.std")
-  return ClipVisionSource(
-      config, out,
-      mean=tuple(np.asarray(mean, np.float64).ravel()) if mean is not None else OPENAI_CLIP_MEAN,
-      std=tuple(np.asarray(std, np.float64).ravel()) if std is not None else OPENAI_CLIP_STD,
-      size=config.image_size)
