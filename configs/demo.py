@@ -31,6 +31,8 @@ def at(step: int) -> int:
 def get_config(arg: str | None = None):
   c = dreamcraft3d.base_config()
   c.workdir = "outputs/demo"
+  # The embedded default: the oracle prior knows the built-in toy; no weights needed.
+  c.guidance.prior_2d, c.guidance.prior_3d = "oracle", "none"
   c.data.image_size = 256
   n = c.coarse_nerf
   n.train.update(steps=STEPS, resolutions=(64,), resolution_milestones=(), log_every=20,

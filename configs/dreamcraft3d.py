@@ -1,10 +1,14 @@
 """DreamCraft3D reference settings (../shared/reference/dreamcraft3d.md §1-3).
 
-Run (a recentred RGBA reference image):
+Run (an RGBA reference image; weights from local folders or the local Hugging Face cache):
   python -m experiments.run --config=configs/dreamcraft3d.py \
-      --config.data.image=path/to/object_rgba.png --config.prompt="a ..."
-Smoke run (a few steps at tiny resolution):
-  python -m experiments.run --config=configs/dreamcraft3d.py:quick
+      --config.data.image=path/to/object_rgba.png --config.prompt="a ..." \
+      --config.guidance.zero123_model=path/to/stable_zero123.ckpt
+From a prompt alone (stage 0 draws the reference image):
+  python -m experiments.run --config=configs/dreamcraft3d.py --config.prompt="a ..." \
+      --config.guidance.zero123_model=path/to/stable_zero123.ckpt
+Smoke run (a few steps at tiny resolution; the same model flags):
+  python -m experiments.run --config=configs/dreamcraft3d.py:quick ...
 
 Deviations from the reference are marked DEVIATION below and listed in docs/ARCHITECTURE.md.
 """
@@ -44,12 +48,41 @@ def data_config() -> ml_collections.ConfigDict:
 
 def guidance_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # DEVIATION (until the diffusion priors land): the reference's 2D prior is DeepFloyd IF and
-  # its 3D prior Stable-Zero123; the oracle prior stands in for both.
-  c.prior_2d = "oracle"     # "oracle" | "none"
-  c.prior_3d = "none"       # "oracle" | "none"
+  # Hybrid score distillation (reference §3): a 2D text-to-image prior and the view-conditioned
+  # Zero123, weighted by <stage>.loss.sds_2d / sds_3d. "none" empties a slot, so 2D-only,
+  # 3D-only and hybrid runs are config choices; "oracle" knows the built-in test object.
+  # DEVIATION: the reference's 2D prior is DeepFloyd IF-I-XL (pixel space, 64², CFG 20).
+  # Until IF is ported to JAX, Stable Diffusion 2.1-base stands in (latents of 512² renders).
+  c.prior_2d = "sd"           # "sd" | "oracle" | "none"
+  c.prior_3d = "zero123"      # "zero123" | "oracle" | "none"
+  c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
+  c.sd_model = "stabilityai/stable-diffusion-2-1-base"  # diffusers folder or cached model id
+  # threestudio's SDS configs for SD use CFG 100; IF's 20 is too weak for SD's latents.
+  c.sd_guidance_scale = 100.0
+  c.sd_perp_neg = True        # on in every IF stage of the reference
+  c.sd_render_size = 512      # renders are resized to this before the VAE
+  c.negative_prompt = ""
+  c.front_threshold_deg = 45.0    # view-dependent prompt suffixes (the IF stages' thresholds)
+  c.back_threshold_deg = 45.0
+  c.overhead_threshold_deg = 60.0
+  c.zero123_model = ""        # stable_zero123.ckpt / zero123-xl.ckpt / diffusers folder / id
+  c.zero123_image_encoder = ""    # CLIP ViT-L/14, only for checkpoints that lack one
+  c.zero123_variant = "stable"    # "stable" (Stable-Zero123) | "xl": the 4th pose entry
+  c.zero123_guidance_scale = 5.0
+  c.zero123_render_size = 256
   c.oracle_object = "primitives"
-  c.oracle_resolution = 64  # pixel-space, like DeepFloyd IF stage I's 64²
+  c.oracle_resolution = 64    # pixel-space, like DeepFloyd IF stage I's 64²
+  return c
+
+
+def stage0_config() -> ml_collections.ConfigDict:
+  """Stage 0: with a prompt and no data.image, Stable Diffusion (guidance.sd_model) draws
+  the reference image, u2netp removes its background and it is recentred."""
+  c = ml_collections.ConfigDict()
+  c.steps = 50
+  c.guidance_scale = 7.5
+  c.size = 512
+  c.seed = 0
   return c
 
 
@@ -118,6 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stages = ("coarse_nerf",)
   c.data = data_config()
   c.guidance = guidance_config()
+  c.stage0 = stage0_config()
   c.coarse_nerf = coarse_nerf_config()
   c.eval = eval_config()
   return c
@@ -135,6 +169,8 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.coarse_nerf.field.band_start_step, c.coarse_nerf.field.band_update_steps = 2, 1
   c.coarse_nerf.render.num_steps_diagonal = 96
   c.guidance.oracle_resolution = 32
+  c.guidance.sd_render_size, c.guidance.zero123_render_size = 64, 64
+  c.stage0.steps, c.stage0.size = 2, 64
   c.eval.resolution, c.eval.turntable_views, c.eval.chunk_rays = 32, 8, 1024
 
 

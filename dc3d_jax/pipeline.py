@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from dc3d_jax import cameras, reference
 from dc3d_jax.core import devices, rng
 from dc3d_jax.eval import report
+from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle
 from dc3d_jax.stages import coarse_nerf_run
@@ -33,6 +33,7 @@ class RunContext:
   reference: dict
   ground_truth: object      # primitives.Mesh when the oracle knows the object, else None
   parallel: devices.DataParallel
+  priors: registry.PriorStore
   progress: bool = True
 
 
@@ -70,7 +71,7 @@ def _check_stages(cfg) -> None:
 
 
 def _ground_truth(cfg):
-  """The oracle's mesh, when an oracle prior is configured and no user image is given."""
+  """The oracle's mesh, when an oracle prior is configured (then the reference is its render)."""
   uses_oracle = "oracle" in (cfg.guidance.prior_2d, cfg.guidance.prior_3d)
   if uses_oracle and cfg.data.image:
     raise ValueError("the oracle prior knows only its built-in object "
@@ -81,11 +82,13 @@ def _ground_truth(cfg):
 
 def make_context(cfg, *, progress: bool = True) -> RunContext:
   _check_stages(cfg)
+  registry.check_kinds(cfg.guidance)
   workdir = prepare_workdir(cfg)
   gt = _ground_truth(cfg)
+  store = registry.PriorStore(cfg.guidance, cache_dir=workdir / "cache")
   return RunContext(cfg=cfg, workdir=workdir, root_key=rng.root_key(cfg.seed),
-                    reference=reference.prepare(cfg, workdir, gt), ground_truth=gt,
-                    parallel=devices.data_parallel(), progress=progress)
+                    reference=reference.prepare(cfg, workdir, gt, store), ground_truth=gt,
+                    parallel=devices.data_parallel(), priors=store, progress=progress)
 
 
 def evaluate(ctx: RunContext, stage: str, render_fn) -> dict:

@@ -28,6 +28,7 @@ def tiny_config(workdir, steps: int = 4):
   cfg = dreamcraft3d.get_config("quick")
   with cfg.unlocked():
     cfg.workdir = str(workdir)
+    cfg.guidance.prior_2d, cfg.guidance.prior_3d = "oracle", "none"
     cfg.data.image_size = 64
     t = cfg.coarse_nerf.train
     t.steps, t.resolutions, t.resolution_milestones = steps, (16,), ()

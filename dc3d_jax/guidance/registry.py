@@ -3,40 +3,105 @@
 The 2D slot (`sds_2d`) and the 3D slot (`sds_3d`) each take a prior kind from
 guidance.prior_2d / guidance.prior_3d ("none" leaves the slot empty, so 2D-only, 3D-only and
 hybrid runs are config choices); the timestep ranges come from <stage>.guidance.<slot>.
+Models are loaded once per run by a PriorStore and shared by stage 0 and every stage.
 """
+
+from pathlib import Path
 
 from dc3d_jax.core import schedules
 from dc3d_jax.guidance.sds import SDSGuidance
-from dc3d_jax.priors import oracle
+from dc3d_jax.priors import loading, oracle, precision, stable_diffusion, zero123
 
 SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
-KINDS = ("none", "oracle")
+KINDS = {"prior_2d": ("none", "oracle", "sd"), "prior_3d": ("none", "oracle", "zero123")}
 
 
-def _load_prior(kind: str, cfg):
+class PriorStore:
+  """Loads each configured diffusion model at most once per run (explicit, not a global)."""
+
+  def __init__(self, guidance_cfg, cache_dir: Path | None = None):
+    self._cfg = guidance_cfg
+    self.cache_dir = cache_dir
+    self.text_cache = stable_diffusion.TextEmbeddingCache()
+    self._models = {}
+
+  @property
+  def dtype(self):
+    return precision.prior_dtype(self._cfg.precision)
+
+  def stable_diffusion(self):
+    if not self._cfg.sd_model:
+      raise ValueError("config guidance.sd_model is empty: give a Stable Diffusion diffusers "
+                       "folder or a model id in the local Hugging Face cache")
+    if "sd" not in self._models:
+      self._models["sd"] = loading.load_stable_diffusion(self._cfg.sd_model, dtype=self.dtype)
+    return self._models["sd"]
+
+  def zero123(self):
+    if not self._cfg.zero123_model:
+      raise ValueError("config guidance.zero123_model is empty: give stable_zero123.ckpt, "
+                       "zero123-xl.ckpt or a diffusers-format Zero123 folder (or set "
+                       "guidance.prior_3d=none for a 2D-only run)")
+    if "zero123" not in self._models:
+      self._models["zero123"] = loading.load_zero123(
+          self._cfg.zero123_model, dtype=self.dtype,
+          image_encoder=self._cfg.zero123_image_encoder or None)
+    return self._models["zero123"]
+
+
+def _stable_diffusion_prior(cfg, store: PriorStore):
+  g = cfg.guidance
+  if not cfg.prompt:
+    raise ValueError("config prompt is empty: the 2D prior (guidance.prior_2d='sd') needs "
+                     "a text prompt (--config.prompt=...)")
+  return stable_diffusion.make_stable_diffusion_prior(
+      store.stable_diffusion(), cfg.prompt, guidance_scale=g.sd_guidance_scale,
+      perp_neg=g.sd_perp_neg, negative_prompt=g.negative_prompt,
+      front_threshold=g.front_threshold_deg, back_threshold=g.back_threshold_deg,
+      overhead_threshold=g.overhead_threshold_deg, render_size=g.sd_render_size,
+      cache_dir=store.cache_dir, cache=store.text_cache)
+
+
+def _zero123_prior(cfg, store: PriorStore, reference: dict):
+  g, d = cfg.guidance, cfg.data
+  return zero123.make_zero123_prior(
+      store.zero123(), reference["rgba"], guidance_scale=g.zero123_guidance_scale,
+      variant=g.zero123_variant, ref_elevation_deg=d.ref_elevation_deg,
+      ref_azimuth_deg=d.ref_azimuth_deg, ref_distance=d.ref_distance,
+      render_size=g.zero123_render_size)
+
+
+def _make_prior(kind: str, cfg, store, reference):
   if kind == "oracle":
     prior = oracle.OraclePrior(resolution=cfg.guidance.oracle_resolution)
-    mesh = oracle.ground_truth_mesh(cfg.guidance.oracle_object)
-    return prior, oracle.oracle_params(mesh)
-  raise ValueError(f"guidance prior {kind!r} is not available; expected one of {KINDS}")
+    return prior, oracle.oracle_params(oracle.ground_truth_mesh(cfg.guidance.oracle_object))
+  if store is None:
+    raise ValueError(f"guidance prior {kind!r} needs a PriorStore")
+  if kind == "sd":
+    return _stable_diffusion_prior(cfg, store)
+  if reference is None:
+    raise ValueError("the Zero123 prior needs the reference image")
+  return _zero123_prior(cfg, store, reference)
 
 
-def build(cfg, stage: str):
+def check_kinds(guidance_cfg) -> None:
+  for key, kinds in KINDS.items():
+    if guidance_cfg[key] not in kinds:
+      raise ValueError(f"config guidance.{key}={guidance_cfg[key]!r}; expected one of {kinds}")
+
+
+def build(cfg, stage: str, store: PriorStore | None = None, reference: dict | None = None):
   """-> ({slot: SDSGuidance}, {slot: prior params}) for the slots with a prior."""
-  terms, params, loaded = {}, {}, {}
+  check_kinds(cfg.guidance)
+  terms, params = {}, {}
   for slot, key in SLOTS:
     kind = cfg.guidance[key]
-    if kind not in KINDS:
-      raise ValueError(f"config guidance.{key}: unknown prior {kind!r}; expected one of {KINDS}")
     if kind == "none":
       continue
-    if kind not in loaded:
-      loaded[kind] = _load_prior(kind, cfg)
-    prior, prior_params = loaded[kind]
+    prior, params[slot] = _make_prior(kind, cfg, store, reference)
     ranges = cfg[stage].guidance[slot]
     for name in ("t_min", "t_max"):
       schedules.check_schedule(ranges[name], f"{stage}.guidance.{slot}.{name}")
     terms[slot] = SDSGuidance(prior=prior, t_min=tuple(ranges.t_min),
                               t_max=tuple(ranges.t_max))
-    params[slot] = prior_params
   return terms, params

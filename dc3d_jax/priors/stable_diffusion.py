@@ -65,10 +65,13 @@ def _store(cache: TextEmbeddingCache, cache_dir, key: str, value: np.ndarray) ->
 
 def encode_prompts(models: StableDiffusionModels, texts: list) -> np.ndarray:
   """[N] prompts -> [N, L, D] float32 last_hidden_state of the CLIP text encoder (padded to
-  L = tokenizer.model_max_length, truncated; no attention mask, as SD's pipelines)."""
+  L = 77, truncated; no attention mask, as SD's pipelines). L is the tokenizer's
+  model_max_length, capped by the encoder's positions: a tokenizer folder without
+  tokenizer_config.json reports an unbounded length."""
   tok = models.tokenizer
-  ids = tok(list(texts), padding="max_length", max_length=tok.model_max_length,
-            truncation=True, return_tensors="np").input_ids
+  length = min(tok.model_max_length, models.text_encoder.config.max_position_embeddings)
+  ids = tok(list(texts), padding="max_length", max_length=length, truncation=True,
+            return_tensors="np").input_ids
   # One compile instead of op-by-op dispatch; a local jit, so no cache outlives the call
   # holding on to the encoder.
   run = jax.jit(lambda params, x: models.text_encoder(x, params=params).last_hidden_state)

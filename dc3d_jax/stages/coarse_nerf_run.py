@@ -72,7 +72,7 @@ def _step_inputs(ctx, settings: cn.Settings, prior_params):
 def run(ctx, previous=None) -> Handoff:
   """Trains the coarse NeRF from scratch (it is the first stage; `previous` is unused)."""
   cfg = ctx.cfg
-  guidance, prior_params = registry.build(cfg, cn.NAME)
+  guidance, prior_params = registry.build(cfg, cn.NAME, ctx.priors, ctx.reference)
   batch = devices.views_per_step(cfg.data.batch_size, ctx.parallel.n_devices)
   settings = cn.settings_from_config(cfg, guidance, batch, ctx.parallel.data)
   if "depth_rel" in settings.active and ctx.reference["depth"] is None:
