@@ -1,0 +1,37 @@
+"""The benchmark scripts run and write their JSON (no timing is asserted)."""
+
+import json
+
+from benchmarks import coarse_nerf_step, sds_step
+
+
+def test_coarse_nerf_step_benchmark_writes_json(tmp_path):
+  out = tmp_path / "step.json"
+  record = coarse_nerf_step.main([
+      "--out", str(out), "--config", "configs.demo", "--res", "16", "--warmup", "1",
+      "--repeats", "1", "--set", "coarse_nerf.field.grid.log2_table_size=10"])
+  saved = json.loads(out.read_text())
+  assert saved["resolution"] == 16 and saved["overrides"]["coarse_nerf.field.grid."
+                                                           "log2_table_size"] == "10"
+  for part in ("ref", "guidance"):
+    assert saved[part]["median_s"] > 0 and saved[part]["runs"] == 1
+    assert 0.0 < saved[part]["kept_frac"] <= 1.0
+  assert record["host_peak_rss_bytes"] > 0
+
+
+def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
+  tiny_unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                   block_out_channels=(32, 64), attention_head_dim=8, cross_attention_dim=32,
+                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+  tiny_vae = dict(sds_step.SD_VAE, layers_per_block=1, block_out_channels=(32, 32, 32, 32))
+  setups = {"sd": dict(unet=tiny_unet, render=512, context=(77, 32)),
+            "zero123": dict(unet=dict(tiny_unet, in_channels=8), render=256, context=(1, 32))}
+  monkeypatch.setattr(sds_step, "SETUPS", setups)
+  monkeypatch.setattr(sds_step, "SD_VAE", tiny_vae)
+  for model in ("sd", "zero123"):
+    out = tmp_path / f"{model}.json"
+    record = sds_step.main(["--out", str(out), "--model", model, "--repeats", "1", "--torch"])
+    saved = json.loads(out.read_text())
+    assert saved["model"] == model and saved["jax"]["median_s"] > 0
+    assert saved["torch"]["median_s"] > 0 and record["torch_over_jax"] > 0
