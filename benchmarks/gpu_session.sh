@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every GPU measurement this project wants, in groups that each fit one device `run` call
+# (600 s). On the device machine, after the wheel install of ../shared/device/README.md:
+#   bash benchmarks/gpu_session.sh fields   # hash grid, coarse-NeRF step 128² / 384²
+#   bash benchmarks/gpu_session.sh priors   # SDS step, SD + Zero123, fp32 + bf16, vs PyTorch
+#   bash benchmarks/gpu_session.sh tests    # parity, precision, SDS, hash-grid, volume tests
+# PYTHON picks the interpreter (default python3). JSON and logs go to $OUT (the device
+# tool's folder that comes back). Copy the figures into benchmarks/RESULTS.md with the GPU
+# name, the date and these commands.
+set -uo pipefail
+group=${1:?usage: gpu_session.sh fields|priors|tests}
+out=${OUT:?OUT must name the folder results go to}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+status=0
+step() {   # step NAME CMD...: runs CMD, logs to $out/NAME.log, keeps going after a failure
+  local name=$1; shift
+  echo "== $name: $*"
+  "$@" > "$out/$name.log" 2>&1 || { echo "   failed (exit $?), see $name.log"; status=1; }
+  tail -n 1 "$out/$name.log"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" 2>&1
+case $group in
+  fields)
+    step hash_grid "$py" -m benchmarks.hash_grid --out "$out/hash_grid_gpu.json"
+    step coarse_nerf_step_128 "$py" -m benchmarks.coarse_nerf_step --res 128 \
+      --warmup 4 --repeats 5 --out "$out/coarse_nerf_step_128_gpu.json"
+    step coarse_nerf_step_384 "$py" -m benchmarks.coarse_nerf_step --res 384 \
+      --warmup 2 --repeats 3 --out "$out/coarse_nerf_step_384_gpu.json"
+    ;;
+  priors)
+    for model in zero123 sd; do
+      for prec in bf16 fp32; do
+        step "sds_step_${model}_${prec}" "$py" -m benchmarks.sds_step --model "$model" \
+          --precision "$prec" --repeats 10 --torch --out "$out/sds_step_${model}_${prec}_gpu.json"
+      done
+    done
+    ;;
+  tests)
+    step pytest "$py" -m pytest -q -W ignore tests/test_prior_parity.py \
+      tests/test_zero123_guidance.py tests/test_precision.py tests/test_sds.py \
+      tests/test_hash_grid.py tests/test_volume.py
+    ;;
+  *) echo "unknown group '$group': expected fields, priors or tests" >&2; exit 2 ;;
+esac
+exit $status
