@@ -67,7 +67,7 @@ def jax_step(model: str, dtype):
   schedule = NoiseScheduleConfig()
   if model == "sd":
     prior = StableDiffusionPrior(unet=unet, vae=vae, schedule=schedule, perp_neg=False,
-                                 guidance_scale=100.0, render_size=512, dtype=dtype)
+                                 guidance_scale=100.0, render_size=512)
     params["embeddings"] = jnp.asarray(np.random.default_rng(2).standard_normal(
         (5,) + setup["context"], np.float32), dtype)
   else:

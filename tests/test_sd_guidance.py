@@ -281,6 +281,7 @@ def test_condition_rows(perp_prior):
 
 class _DoublingUNet:
   """Stands in for the UNet: its raw output is 2·sample (NCHW, like diffusers')."""
+  dtype = jnp.float32
 
   def apply(self, variables, sample, t, context, train=False):
     return types.SimpleNamespace(sample=2.0 * sample)

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dc3d_jax.priors.models import NoiseScheduleConfig
-from dc3d_jax.priors.state_dicts import (DEFAULT_VAE_SCALING, OPENAI_CLIP_MEAN,
-                                         OPENAI_CLIP_STD, UnsupportedModelError,
-                                         read_state_dict)
+from dc3d_jax.priors.models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, NoiseScheduleConfig
+from dc3d_jax.priors.state_dicts import DEFAULT_VAE_SCALING, UnsupportedModelError, read_state_dict
 from dc3d_jax.priors.torch_semantics import quiet_libraries
 
 
@@ -80,8 +78,8 @@ def zero123_from_ldm(path: Path) -> Zero123Source:
   return Zero123Source(
       unet_config=unet_config, unet_state=unet_state, vae_config=vae_config,
       vae_state=vae_state, clip=openai_visual_to_hf(visual, state) if visual else None,
-      cc_projection=cc_projection_weights({k: v for k, v in state.items()
-                                    if k.startswith("cc_projection.")}, path),
+      cc_projection=cc_projection_weights(
+          {k: v for k, v in state.items() if k.startswith("cc_projection.")}, path),
       schedule=NoiseScheduleConfig(),   # linear_start/end 0.00085/0.012, 1000 steps
       vae_scaling_factor=DEFAULT_VAE_SCALING)
 
@@ -153,7 +151,8 @@ def openai_visual_to_hf(visual: dict, state: dict) -> ClipVisionSource:
   from transformers import CLIPVisionConfig
   conv1, pos = visual["conv1.weight"], visual["positional_embedding"]
   width, patch = conv1.shape[0], conv1.shape[-1]
-  layers = 1 + max(int(k.split(".")[2]) for k in visual if k.startswith("transformer.resblocks."))
+  layers = 1 + max(int(k.split(".")[2]) for k in visual
+                   if k.startswith("transformer.resblocks."))
   config = CLIPVisionConfig(
       hidden_size=width, num_hidden_layers=layers,
       intermediate_size=visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
@@ -176,9 +175,8 @@ def openai_visual_to_hf(visual: dict, state: dict) -> ClipVisionSource:
         out[f"{dst}self_attn.{name}_proj.{leaf}"] = part
       for openai, hf in _OPENAI_LAYER_TO_HF.items():
         out[f"{dst}{hf}.{leaf}"] = visual[f"{src}{openai}.{leaf}"]
-  mean, std = state.get("cond_stage_model.mean"), state.get("cond_stage_model.std")
-  return ClipVisionSource(
-      config, out,
-      mean=tuple(np.asarray(mean, np.float64).ravel()) if mean is not None else OPENAI_CLIP_MEAN,
-      std=tuple(np.asarray(std, np.float64).ravel()) if std is not None else OPENAI_CLIP_STD,
-      size=config.image_size)
+  def stored(name, default):   # the embedder's normalisation buffers, when saved
+    value = state.get(f"cond_stage_model.{name}")
+    return default if value is None else tuple(np.asarray(value, np.float64).ravel())
+  return ClipVisionSource(config, out, mean=stored("mean", OPENAI_CLIP_MEAN),
+                          std=stored("std", OPENAI_CLIP_STD), size=config.image_size)

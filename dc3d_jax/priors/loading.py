@@ -20,12 +20,13 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from dc3d_jax.priors import ldm_checkpoint, resolve
-from dc3d_jax.priors.models import StableDiffusionModels, Zero123Models
+from dc3d_jax.priors.ldm_checkpoint import ClipVisionSource, Zero123Source
+from dc3d_jax.priors.models import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, StableDiffusionModels,
+                                    Zero123Models)
 from dc3d_jax.priors.resolve import ModelNotFoundError
-from dc3d_jax.priors.state_dicts import (DEFAULT_VAE_SCALING, OPENAI_CLIP_MEAN,
-                                         OPENAI_CLIP_STD, UnsupportedModelError, cast_floating,
+from dc3d_jax.priors.state_dicts import (UnsupportedModelError, cast_floating,
                                          diffusers_to_flax, read_json, read_schedule,
-                                         read_state_dict, transformers_to_flax)
+                                         read_state_dict, transformers_to_flax, vae_scaling)
 from dc3d_jax.priors.torch_semantics import quiet_libraries
 
 # ---------------------------------------------------------------------------- public API
@@ -49,8 +50,7 @@ def load_stable_diffusion(model: str, *, dtype=jnp.float32) -> StableDiffusionMo
   return StableDiffusionModels(
       unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
       params=cast_floating(params, dtype), schedule=schedule,
-      vae_scaling_factor=float(vae_config.get("scaling_factor") or DEFAULT_VAE_SCALING),
-      source=str(found.path))
+      vae_scaling_factor=vae_scaling(vae_config), source=str(found.path))
 
 
 def load_zero123(model: str, *, dtype=jnp.float32,
@@ -62,7 +62,10 @@ def load_zero123(model: str, *, dtype=jnp.float32,
   no `cond_stage_model.model.visual.*`, and used instead of the bundled encoder if given.
   """
   found = resolve.resolve_model(model, "zero123")
-  source = ldm_checkpoint.zero123_from_ldm(found.path) if found.format == "ldm" else zero123_from_folder(found)
+  if found.format == "ldm":
+    source = ldm_checkpoint.zero123_from_ldm(found.path)
+  else:
+    source = zero123_from_folder(found)
   if image_encoder is not None:
     source = dataclasses.replace(source, clip=clip_vision_from_folder(
         resolve.resolve_model(image_encoder, "clip_vision").path))
@@ -162,7 +165,7 @@ def build_clip_text(folder: Path, state: dict, dtype):
   return model, transformers_to_flax(_tower(state, "text_model."), model, "text_encoder")
 
 
-def clip_vision_from_folder(folder: Path, preprocessor: Path | None = None) -> ldm_checkpoint.ClipVisionSource:
+def clip_vision_from_folder(folder: Path, preprocessor: Path | None = None) -> ClipVisionSource:
   """A CLIPVisionModelWithProjection (or full CLIPModel) folder -> ClipVisionSource."""
   from transformers import CLIPVisionConfig
   found = resolve.resolve_model(str(folder), "clip_vision")
@@ -175,7 +178,7 @@ def clip_vision_from_folder(folder: Path, preprocessor: Path | None = None) -> l
         "CLIP image embedding (a CLIPVisionModelWithProjection or CLIPModel checkpoint)")
   preprocessor = preprocessor or found.path / "preprocessor_config.json"
   mean, std, size = _clip_preprocessing(preprocessor, config.image_size)
-  return ldm_checkpoint.ClipVisionSource(config, state, mean, std, size)
+  return ClipVisionSource(config, state, mean, std, size)
 
 
 def _clip_preprocessing(path: Path, default_size: int):
@@ -189,7 +192,7 @@ def _clip_preprocessing(path: Path, default_size: int):
           tuple(config.get("image_std", OPENAI_CLIP_STD)), size)
 
 
-def build_clip_vision(source: ldm_checkpoint.ClipVisionSource, dtype):
+def build_clip_vision(source: ClipVisionSource, dtype):
   """(FlaxCLIPVisionModel, params, visual_projection params {"kernel": [hidden, proj]})."""
   from transformers import FlaxCLIPVisionModel
   model = FlaxCLIPVisionModel(source.config, dtype=dtype, _do_init=False)
@@ -201,23 +204,22 @@ def build_clip_vision(source: ldm_checkpoint.ClipVisionSource, dtype):
 
 # --------------------------------------------------------------------------- Zero123
 
-def zero123_from_folder(found: resolve.ResolvedModel) -> ldm_checkpoint.Zero123Source:
+def zero123_from_folder(found: resolve.ResolvedModel) -> Zero123Source:
   """A diffusers Zero1to3 folder (unet, vae, image_encoder, cc_projection, scheduler)."""
   f = found.files
   schedule = read_schedule(f["scheduler_config"])   # cheap checks before reading weights
   unet_config = check_flax_unet_config(read_json(f["unet_config"]))
   vae_config = read_json(f["vae_config"])
-  return ldm_checkpoint.Zero123Source(
+  cc_file = f["cc_projection_weights"]
+  return Zero123Source(
       unet_config=unet_config, unet_state=read_state_dict(f["unet_weights"]),
       vae_config=vae_config, vae_state=read_state_dict(f["vae_weights"]),
       clip=clip_vision_from_folder(found.path / "image_encoder", f["feature_extractor"]),
-      cc_projection=ldm_checkpoint.cc_projection_weights(read_state_dict(f["cc_projection_weights"]),
-                                   f["cc_projection_weights"]),
-      schedule=schedule,
-      vae_scaling_factor=float(vae_config.get("scaling_factor") or DEFAULT_VAE_SCALING))
+      cc_projection=ldm_checkpoint.cc_projection_weights(read_state_dict(cc_file), cc_file),
+      schedule=schedule, vae_scaling_factor=vae_scaling(vae_config))
 
 
-def build_zero123(source: ldm_checkpoint.Zero123Source, dtype, origin: str) -> Zero123Models:
+def build_zero123(source: Zero123Source, dtype, origin: str) -> Zero123Models:
   """Flax modules and params (cast to dtype) from a Zero123Source."""
   config = source.unet_config
   if config.get("in_channels") != 2 * config.get("out_channels", 4):

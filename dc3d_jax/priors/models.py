@@ -13,6 +13,10 @@ NCHW. Conversion happens in the priors, nowhere else.
 import dataclasses
 from typing import Any
 
+# OpenAI CLIP's input normalisation (ViT-L/14), the default of every CLIP image encoder here.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 @dataclasses.dataclass(frozen=True)
 class NoiseScheduleConfig:
@@ -58,7 +62,7 @@ class Zero123Models:
   params: dict
   schedule: NoiseScheduleConfig
   vae_scaling_factor: float = 0.18215
-  clip_mean: tuple = (0.48145466, 0.4578275, 0.40821073)
-  clip_std: tuple = (0.26862954, 0.26130258, 0.27577711)
+  clip_mean: tuple = OPENAI_CLIP_MEAN
+  clip_std: tuple = OPENAI_CLIP_STD
   clip_size: int = 224
   source: str = ""

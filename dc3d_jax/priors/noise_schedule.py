@@ -27,3 +27,9 @@ def alphas_cumprod(kind: str = "scaled_linear", beta_start: float = 0.00085,
                    beta_end: float = 0.012, num_steps: int = 1000) -> np.ndarray:
   """[T] float32 ᾱ_t."""
   return np.cumprod(1.0 - betas(kind, beta_start, beta_end, num_steps)).astype(np.float32)
+
+
+def of_config(schedule) -> np.ndarray:
+  """[T] float32 ᾱ_t of a models.NoiseScheduleConfig (a loaded model's training schedule)."""
+  return alphas_cumprod(schedule.beta_schedule, schedule.beta_start, schedule.beta_end,
+                        schedule.num_train_timesteps)

@@ -12,7 +12,7 @@ DIRECTIONS ("<p>, side view", front, back, overhead) and UNCOND (the negative pr
 
 Text embeddings are computed once per (model source, prompt), outside jit: in an explicit
 `TextEmbeddingCache` the caller owns, and on disk as `<cache_dir>/<sha256>.npy`.
-Layouts: latents NHWC inside dc3d_jax; the diffusers Flax UNet and VAE encoder take NCHW.
+Layouts: latents NHWC inside dc3d_jax; latents.py converts for the NCHW Flax UNet and VAE.
 """
 
 import dataclasses
@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dc3d_jax.core.types import Camera
-from dc3d_jax.priors import noise_schedule, prompts
+from dc3d_jax.priors import latents, noise_schedule, prompts
 from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
-from dc3d_jax.priors.torch_semantics import torch_semantics
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -113,7 +112,6 @@ class StableDiffusionPrior:
   back_threshold: float = 45.0
   overhead_threshold: float = 60.0
   render_size: int = 512
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
     if self.schedule.prediction_type not in PREDICTION_TYPES:
@@ -121,22 +119,13 @@ class StableDiffusionPrior:
                        f"expected one of {PREDICTION_TYPES}")
 
   def alphas_cumprod(self) -> np.ndarray:
-    s = self.schedule
-    return noise_schedule.alphas_cumprod(s.beta_schedule, s.beta_start, s.beta_end,
-                                         s.num_train_timesteps)
+    return noise_schedule.of_config(self.schedule)
 
   def encode(self, params, images: jax.Array, key: jax.Array) -> jax.Array:
     """[B, H, W, 3] renders in [0, 1] -> [B, S/f, S/f, 4] scaled posterior sample x
     (S = render_size, f the VAE's downsampling factor)."""
-    b, _, _, c = images.shape
-    size = (b, self.render_size, self.render_size, c)
-    # F.interpolate(bilinear, align_corners=False) in the reference: no antialiasing.
-    x = 2.0 * jax.image.resize(images, size, "bilinear", antialias=False) - 1.0
-    pixels = jnp.transpose(x, (0, 3, 1, 2)).astype(self.dtype)
-    with torch_semantics():
-      posterior = self.vae.apply({"params": params["vae"]}, pixels,
-                                 method=self.vae.encode).latent_dist
-    return (self.vae_scaling_factor * posterior.sample(key)).astype(images.dtype)
+    return latents.encode_renders(self.vae, params["vae"], images, key, size=self.render_size,
+                                  scaling=self.vae_scaling_factor)
 
   def condition(self, params, cameras: Camera) -> dict:
     """[B] cameras -> {"context": [k·B, L, D]} with rows [cond, uncond] (k = 2), or with
@@ -171,11 +160,7 @@ class StableDiffusionPrior:
 
   def raw_noise(self, params, x_t: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
     """[N, h, w, 4] x_t, [N] t, [N, L, D] -> [N, h, w, 4] ε (float32 like x_t)."""
-    sample = jnp.transpose(x_t, (0, 3, 1, 2)).astype(self.dtype)
-    with torch_semantics():
-      out = self.unet.apply({"params": params["unet"]}, sample, t, context.astype(self.dtype),
-                            train=False).sample
-    out = jnp.transpose(out, (0, 2, 3, 1)).astype(x_t.dtype)
+    out = latents.unet_noise(self.unet, params["unet"], x_t, t, context)
     if self.schedule.prediction_type == "epsilon":
       return out
     # v-prediction (SD 2.1 at 768 px): ε = √ᾱ_t v + √(1-ᾱ_t) x_t.
@@ -194,18 +179,16 @@ def make_stable_diffusion_prior(models: StableDiffusionModels, prompt: str, *,
                                 guidance_scale: float, perp_neg: bool,
                                 negative_prompt: str = "", front_threshold: float = 45.0,
                                 back_threshold: float = 45.0, overhead_threshold: float = 60.0,
-                                render_size: int = 512, dtype=None, cache_dir=None,
+                                render_size: int = 512, cache_dir=None,
                                 cache: Optional[TextEmbeddingCache] = None):
-  """Loaded SD + a prompt -> (StableDiffusionPrior, params). dtype defaults to that of the
-  loaded UNet weights; the five embeddings are encoded once (or read from the caches)."""
-  if dtype is None:
-    dtype = jax.tree_util.tree_leaves(models.params["unet"])[0].dtype
+  """Loaded SD + a prompt -> (StableDiffusionPrior, params). The five embeddings are encoded
+  once (or read from the caches) and stored in the UNet's dtype."""
   prior = StableDiffusionPrior(
       unet=models.unet, vae=models.vae, schedule=models.schedule,
       vae_scaling_factor=models.vae_scaling_factor, guidance_scale=guidance_scale,
       perp_neg=perp_neg, front_threshold=front_threshold, back_threshold=back_threshold,
-      overhead_threshold=overhead_threshold, render_size=render_size, dtype=dtype)
+      overhead_threshold=overhead_threshold, render_size=render_size)
   table = direction_table(models, prompt, negative_prompt, cache_dir=cache_dir, cache=cache)
   params = {"unet": models.params["unet"], "vae": models.params["vae"],
-            "embeddings": jnp.asarray(table, dtype)}
+            "embeddings": jnp.asarray(table, models.unet.dtype)}
   return prior, params

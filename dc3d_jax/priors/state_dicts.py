@@ -17,8 +17,6 @@ import numpy as np
 
 from dc3d_jax.priors.models import NoiseScheduleConfig
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_VAE_SCALING = 0.18215
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")   # noise_schedule.py
 
@@ -74,6 +72,11 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     import ml_dtypes
     return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
   return tensor.numpy()
+
+
+def vae_scaling(vae_config: dict) -> float:
+  """The latent scale of a diffusers AutoencoderKL config (SD's 0.18215 when unset)."""
+  return float(vae_config.get("scaling_factor") or DEFAULT_VAE_SCALING)
 
 
 def read_schedule(path) -> NoiseScheduleConfig:
@@ -153,7 +156,7 @@ def transformers_to_flax(state: dict, model, what: str) -> dict:
 
 
 def cast_floating(tree, dtype):
-  """Floating leaves -> dtype (diffusers' to_bf16 calls the removed jax.tree_map)."""
+  """Floating leaves -> dtype (diffusers' own to_bf16 no longer runs on this jax)."""
   def cast(x):
     x = jnp.asarray(x)
     return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x

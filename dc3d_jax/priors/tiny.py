@@ -20,9 +20,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from dc3d_jax.priors.models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
 FORMATS = ("diffusers", "diffusers_bin", "ldm_ckpt", "ldm_safetensors")
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Words of the prompts the pipeline builds (view-dependent suffixes, demo prompts): each
 # becomes one token. Other words fall apart into single characters, which are tokens too.

@@ -15,7 +15,7 @@ CLIP embedder maps it back to [0, 1] after a bicubic (a = -0.75, align_corners=T
 antialiasing: LDM's FrozenCLIPImageEmbedder through kornia) resize to 224² and normalises it
 with OpenAI CLIP's mean/std.
 
-Layouts: latents NHWC inside dc3d_jax; the diffusers Flax UNet and VAE encoder take NCHW.
+Layouts: latents NHWC inside dc3d_jax; latents.py converts for the NCHW Flax UNet and VAE.
 """
 
 import dataclasses
@@ -27,7 +27,7 @@ import numpy as np
 
 from dc3d_jax.core.types import Camera
 from dc3d_jax.io.images import resize_area
-from dc3d_jax.priors import noise_schedule
+from dc3d_jax.priors import latents, noise_schedule
 from dc3d_jax.priors.models import NoiseScheduleConfig, Zero123Models
 from dc3d_jax.priors.torch_semantics import torch_semantics
 
@@ -131,11 +131,8 @@ def reference_conditioning(models: Zero123Models, ref_rgba: np.ndarray,
   @jax.jit
   def encode(params, image):
     embedding = clip_image_embedding(models, params, clip_pixels(models, image))
-    with torch_semantics():
-      posterior = models.vae.apply({"params": params["vae"]},
-                                   jnp.transpose(image, (0, 3, 1, 2)),
-                                   method=models.vae.encode).latent_dist
-    return {"clip_embedding": embedding[:, None, :], "ref_latent": posterior.mode()}
+    ref_latent = latents.posterior(models.vae, params["vae"], image).mode()
+    return {"clip_embedding": embedding[:, None, :], "ref_latent": ref_latent}
 
   params = {k: models.params[k] for k in ("image_encoder", "visual_projection", "vae")}
   return encode(params, jnp.asarray(reference_image(ref_rgba, size)))
@@ -163,20 +160,12 @@ class Zero123Prior:
     _check_variant(self.variant)
 
   def alphas_cumprod(self) -> np.ndarray:
-    s = self.schedule
-    return noise_schedule.alphas_cumprod(s.beta_schedule, s.beta_start, s.beta_end,
-                                         s.num_train_timesteps)
+    return noise_schedule.of_config(self.schedule)
 
   def encode(self, params, images: jax.Array, key: jax.Array) -> jax.Array:
     """[B, H, W, 3] renders in [0, 1] -> [B, h, w, 4] scaled posterior sample x."""
-    b, _, _, c = images.shape
-    size = (b, self.render_size, self.render_size, c)
-    # F.interpolate(bilinear, align_corners=False) in the reference: no antialiasing.
-    x = 2.0 * jax.image.resize(images, size, "bilinear", antialias=False) - 1.0
-    with torch_semantics():
-      posterior = self.vae.apply({"params": params["vae"]}, jnp.transpose(x, (0, 3, 1, 2)),
-                                 method=self.vae.encode).latent_dist
-    return (self.vae_scaling_factor * posterior.sample(key)).astype(images.dtype)
+    return latents.encode_renders(self.vae, params["vae"], images, key, size=self.render_size,
+                                  scaling=self.vae_scaling_factor)
 
   def condition(self, params, cameras: Camera) -> dict:
     """[B] cameras -> {"context": [B, 1, D] c_crossattn, "concat": [B, h, w, 4] c_concat}."""
@@ -196,14 +185,12 @@ class Zero123Prior:
     """[B, h, w, 4] x_t, [B] t -> guided ε̂; one UNet call on the batch [uncond, cond]."""
     b = x_t.shape[0]
     context, concat = cond["context"], cond["concat"].astype(x_t.dtype)
-    latents = jnp.concatenate([jnp.concatenate([x_t, jnp.zeros_like(concat)], -1),
-                               jnp.concatenate([x_t, concat], -1)], 0)
+    inputs = jnp.concatenate([jnp.concatenate([x_t, jnp.zeros_like(concat)], -1),
+                              jnp.concatenate([x_t, concat], -1)], 0)
     contexts = jnp.concatenate([jnp.zeros_like(context), context], 0)
     steps = jnp.tile(jnp.broadcast_to(jnp.asarray(t), (b,)), 2)
-    with torch_semantics():
-      eps = self.unet.apply({"params": params["unet"]}, jnp.transpose(latents, (0, 3, 1, 2)),
-                            steps, contexts, train=False).sample
-    eps_u, eps_c = jnp.split(jnp.transpose(eps, (0, 2, 3, 1)).astype(x_t.dtype), 2)
+    eps_u, eps_c = jnp.split(latents.unet_noise(self.unet, params["unet"], inputs, steps,
+                                                contexts), 2)
     return eps_u + self.guidance_scale * (eps_c - eps_u)
 
 
