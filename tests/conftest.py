@@ -47,3 +47,19 @@ def tiny_config(workdir, steps: int = 4):
 @pytest.fixture
 def tiny_cfg(tmp_path):
   return tiny_config(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def lpips_params():
+  """LPIPS-AlexNet weights; fetched into assets/ once if missing (the project's own set-up step,
+  as `make test` runs it), or read from $DC3D_LPIPS."""
+  import importlib.util
+  from dc3d_jax.eval import lpips
+  path = lpips.default_weights_path()
+  if not path.is_file() and lpips.WEIGHTS_ENV not in os.environ:
+    spec = importlib.util.spec_from_file_location("assets_lpips",
+                                                  ROOT / "scripts" / "assets_lpips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.fetch_lpips(path.parent)
+  return lpips.load_lpips(path)

@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks import coarse_nerf_step, sds_step
+from benchmarks import coarse_nerf_step, eval_protocol, sds_step
 
 
 def test_coarse_nerf_step_benchmark_writes_json(tmp_path):
@@ -35,3 +35,12 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["model"] == model and saved["jax"]["median_s"] > 0
     assert saved["torch"]["median_s"] > 0 and record["torch_over_jax"] > 0
+
+
+def test_eval_protocol_benchmark_writes_json(tmp_path):
+  out = tmp_path / "eval.json"
+  eval_protocol.main(["--out", str(out), "--res", "16", "--views", "2", "--points", "2000",
+                      "--no-lpips"])
+  saved = json.loads(out.read_text())
+  assert saved["orbit_views"] == 2 and saved["seconds"]["pairs_scored"] == 1 + 8
+  assert saved["seconds"]["total"] > 0 and "lpips" not in saved["seconds"]
