@@ -47,3 +47,10 @@ def tiny_config(workdir, steps: int = 4):
 @pytest.fixture
 def tiny_cfg(tmp_path):
   return tiny_config(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def tet_grid_128():
+  """The default (reference) tet grid, built once per session and placed on the device."""
+  from dc3d_jax.geometry import tets
+  return jax.device_put(tets.tet_grid(128))
