@@ -35,3 +35,12 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["model"] == model and saved["jax"]["median_s"] > 0
     assert saved["torch"]["median_s"] > 0 and record["torch_over_jax"] > 0
+
+
+def test_marching_tets_benchmark_writes_json(tmp_path):
+  from benchmarks import marching_tets
+  out = tmp_path / "mt.json"
+  marching_tets.main(["--out", str(out), "--resolutions", "8", "--repeats", "1"])
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["num_tets"] == 6 * 4**3 and row["mesh_faces"] > 0 and not row["overflow"]
+  assert row["extract_seconds"] > 0 and row["consistency_grad_seconds"] > 0

@@ -98,23 +98,26 @@ def unique_edges(faces: jax.Array, face_mask=None) -> MeshEdges:
                    face_count=jnp.where(mask, count, 0), adjacent_faces=adjacent)
 
 
-def normal_consistency(normals: jax.Array, edges: MeshEdges) -> jax.Array:
-  """Mean over valid edges of 1 - cos(n_i, n_j) of the end-points' unit vertex normals."""
+def normal_consistency(normals: jax.Array, edges: jax.Array, edge_mask: jax.Array) -> jax.Array:
+  """Mean over valid edges [E, 2] (each undirected edge once) of 1 - cos(n_i, n_j) of the
+  end-points' vertex normals [V, 3]."""
   n = numerics.safe_normalize(normals)
-  cos = jnp.sum(n[edges.edges[:, 0]] * n[edges.edges[:, 1]], -1)
-  return jnp.sum((1.0 - cos) * edges.mask) / jnp.maximum(edges.num_edges, 1)
+  cos = jnp.sum(n[edges[:, 0]] * n[edges[:, 1]], -1)
+  return jnp.sum((1.0 - cos) * edge_mask) / jnp.maximum(jnp.sum(edge_mask), 1)
 
 
 def mesh_normal_consistency(vertices: jax.Array, faces: jax.Array, face_mask=None) -> jax.Array:
   """The reference's normal-consistency loss of a (padded) mesh, in one call."""
-  return normal_consistency(vertex_normals(vertices, faces, face_mask),
-                            unique_edges(faces, face_mask))
+  e = unique_edges(faces, face_mask)
+  return normal_consistency(vertex_normals(vertices, faces, face_mask), e.edges, e.mask)
 
 
-def laplacian_loss(vertices: jax.Array, edges: MeshEdges, vertex_mask=None) -> jax.Array:
-  """Mean over valid vertices of |Σ_{j ∈ N(i)} (v_i - v_j)| (uniform Laplacian)."""
-  i, j = edges.edges[:, 0], edges.edges[:, 1]
-  diff = (vertices[i] - vertices[j]) * edges.mask[:, None]
+def laplacian_loss(vertices: jax.Array, edges: jax.Array, edge_mask: jax.Array,
+                   vertex_mask=None) -> jax.Array:
+  """Mean over valid vertices of |Σ_{j ∈ N(i)} (v_i - v_j)| (uniform Laplacian); edges [E, 2]
+  each undirected edge once, edge_mask [E]."""
+  i, j = edges[:, 0], edges[:, 1]
+  diff = (vertices[i] - vertices[j]) * edge_mask[:, None]
   delta = jnp.zeros_like(vertices).at[i].add(diff).at[j].add(-diff)
   if vertex_mask is None:
     vertex_mask = jnp.ones(vertices.shape[0], bool)
