@@ -7,7 +7,9 @@ For each tet-grid resolution N, with the default budgets (max_vertices, max_face
 [-0.5, 0.5]^3, so it spans 80% of the box like an object in its tight box enlarged by 10%)
 on the deformed grid, timed as
   - extract: marching tets forward (deformed vertices -> padded mesh);
-  - extract_grad: forward + backward of Σ w·p over the mesh vertices w.r.t. (sdf, δ);
+  - extract_grad: forward + backward of Σ w·p over the mesh vertices w.r.t. (sdf, δ), the
+    whole padded mesh returned too (a renderer needs the faces; without them XLA would skip
+    computing them);
   - consistency_grad: forward + backward of the normal-consistency loss (vertex normals,
     unique edges by sort) w.r.t. (sdf, δ): the stage's regularizer path.
 Medians of --repeats runs after one warm-up (the best run too), in seconds, and the process
@@ -16,6 +18,7 @@ other jobs' load, the CPU time much less so.
 """
 
 import argparse
+import os
 import resource
 import statistics
 
@@ -40,14 +43,16 @@ def _functions(budget):
     return mt.marching_tets(tets.deformed_vertices(grid, delta, BOX), sdf, grid, **budget)
 
   def vertex_loss(sdf, delta, grid, w):
-    return jnp.sum(mesh_of(sdf, delta, grid).vertices * w)
+    mesh = mesh_of(sdf, delta, grid)
+    return jnp.sum(mesh.vertices * w), mesh
 
   def consistency_loss(sdf, delta, grid):
     m = mesh_of(sdf, delta, grid)
     return mesh_ops.mesh_normal_consistency(m.vertices, m.faces, m.face_mask)
 
   grad = lambda f: jax.jit(jax.grad(f, argnums=(0, 1)))
-  return {"extract": jax.jit(mesh_of), "extract_grad": grad(vertex_loss),
+  return {"extract": jax.jit(mesh_of),
+          "extract_grad": jax.jit(jax.grad(vertex_loss, argnums=(0, 1), has_aux=True)),
           "consistency_grad": grad(consistency_loss)}
 
 
@@ -93,7 +98,7 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   rows = [run(res, args.repeats) for res in args.resolutions]
   record = {"benchmark": "marching_tets", **common.environment(), "repeats": args.repeats,
-            "rows": rows}
+            "load_average_1m": os.getloadavg()[0], "rows": rows}
   common.write(args.out, record)
   for r in rows:
     print(f"marching_tets N={r['resolution']} ({r['num_tets']:,} tets, {r['mesh_faces']:,} "

@@ -106,4 +106,4 @@ def test_no_surface_is_a_resume_error(value):
   grid = tets.tet_grid(8)
   with pytest.raises(errors.ResumeError, match="no zero level set"):
     dmtet_init.init_from_sdf(lambda x: np.full(len(x), value), grid, RADIUS,
-                             max_vertices=64, max_faces=128)
+                             max_vertices=512, max_faces=1024)

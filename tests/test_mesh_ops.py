@@ -25,9 +25,13 @@ def _all_ops(vertices, faces, face_mask, vertex_mask):
           "volume": mesh_ops.enclosed_volume(vertices, faces, face_mask)}
 
 
-def _ops(vertices, faces):
-  v, f = jnp.asarray(vertices, jnp.float32), jnp.asarray(faces, jnp.int32)
-  return _all_ops(v, f, jnp.ones(f.shape[0], bool), jnp.ones(v.shape[0], bool))
+def _ops(vertices, faces, n_vertices=12, n_faces=20):
+  """_all_ops on a mesh padded as marching tets pads (zero vertices, (0, 0, 0) faces, masks),
+  to one shape for both polyhedra: one compile."""
+  v = np.zeros((n_vertices, 3), np.float32)
+  f = np.zeros((n_faces, 3), np.int32)
+  v[:len(vertices)], f[:len(faces)] = vertices, faces
+  return _all_ops(v, f, np.arange(n_faces) < len(faces), np.arange(n_vertices) < len(vertices))
 
 
 def test_regular_polyhedra_closed_forms():
@@ -39,6 +43,7 @@ def test_regular_polyhedra_closed_forms():
   np.testing.assert_allclose(out["normals"], radial, atol=1e-6)
   assert float(out["consistency"]) == pytest.approx(1 - 1 / np.sqrt(5), rel=1e-6)
   assert int(out["edges"].num_edges) == 30
+  assert np.all(np.asarray(out["edges"].face_count)[:30] == 2)
   # Octahedron ±e_k: neighbour normals are orthogonal (consistency 1); each vertex has the 4
   # others but its antipode as neighbours, so Σ (v_i - v_j) = 4 v_i and the Laplacian is 4.
   octa = np.concatenate([np.eye(3), -np.eye(3)])
