@@ -40,7 +40,8 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
 def test_marching_tets_benchmark_writes_json(tmp_path):
   from benchmarks import marching_tets
   out = tmp_path / "mt.json"
-  marching_tets.main(["--out", str(out), "--resolutions", "8", "--repeats", "1"])
+  marching_tets.main(["--out", str(out), "--resolutions", "8", "--repeats", "1",
+                      "--parts", "extract"])             # one compile; the others are alike
   (row,) = json.loads(out.read_text())["rows"]
   assert row["num_tets"] == 6 * 4**3 and row["mesh_faces"] > 0 and not row["overflow"]
-  assert row["extract_seconds"] > 0 and row["consistency_grad_seconds"] > 0
+  assert row["extract_seconds"] > 0 and "consistency_grad_seconds" not in row
