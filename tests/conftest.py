@@ -63,3 +63,10 @@ def lpips_params():
     spec.loader.exec_module(module)
     module.fetch_lpips(path.parent)
   return lpips.load_lpips(path)
+
+
+@pytest.fixture(scope="session")
+def tet_grid_128():
+  """The default (reference) tet grid, built once per session and placed on the device."""
+  from dc3d_jax.geometry import tets
+  return jax.device_put(tets.tet_grid(128))

@@ -44,3 +44,13 @@ def test_eval_protocol_benchmark_writes_json(tmp_path):
   saved = json.loads(out.read_text())
   assert saved["orbit_views"] == 2 and saved["seconds"]["pairs_scored"] == 1 + 8
   assert saved["seconds"]["total"] > 0 and "lpips" not in saved["seconds"]
+
+
+def test_marching_tets_benchmark_writes_json(tmp_path):
+  from benchmarks import marching_tets
+  out = tmp_path / "mt.json"
+  marching_tets.main(["--out", str(out), "--resolutions", "8", "--repeats", "1",
+                      "--parts", "extract"])             # one compile; the others are alike
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["num_tets"] == 6 * 4**3 and row["mesh_faces"] > 0 and not row["overflow"]
+  assert row["extract_seconds"] > 0 and "consistency_grad_seconds" not in row
