@@ -187,8 +187,8 @@ def test_empty_pixels_background_and_chunking():
   assert np.all(np.asarray(out["normal"])[empty] == 0)
   np.testing.assert_allclose(np.asarray(out["rgb"])[~empty], [[1.0, 0, 0]] * int((~empty).sum()),
                              atol=1e-6)
-  # A pixel chunk that does not divide H·W gives the same image.
-  odd = rasterize.render_mesh(mesh, cam, background=bg, pixel_chunk=7)
+  # The tiled visibility search gives the same image as the brute-force one.
+  odd = rasterize.render_mesh(mesh, cam, background=bg, search="tiled")
   np.testing.assert_array_equal(odd["depth"], out["depth"])
 
 
