@@ -35,3 +35,14 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["model"] == model and saved["jax"]["median_s"] > 0
     assert saved["torch"]["median_s"] > 0 and record["torch_over_jax"] > 0
+
+
+def test_rasterize_benchmark_writes_json(tmp_path):
+  from benchmarks import rasterize
+  out = tmp_path / "raster.json"
+  rasterize.main(["--out", str(out), "--res", "24", "--faces", "60", "--repeats", "1"])
+  saved = json.loads(out.read_text())
+  run = saved["runs"][0]
+  assert saved["backend"] == "jax" and run["faces"] == 48 and run["overflow"] == 0
+  assert run["grad_finite"] and 0.2 < run["covered_fraction"] < 0.8
+  assert run["forward"]["median_s"] > 0 and run["fwd_bwd"]["cpu_s_per_call"] > 0

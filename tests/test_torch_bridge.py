@@ -52,3 +52,14 @@ def test_vmap_and_an_unused_output():
   want = np.zeros_like(X)
   np.add.at(want, IDX, 5.0 * WEIGHTS)
   np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+def test_nvdiffrast_triangle_ids_decode():
+  """nvdiffrast stores id + 1 as a float, above 2^24 as the float bits of 0x4a800000 + id + 1."""
+  from dc3d_jax.geometry.raster import nvdiffrast_backend
+  ids = np.array([-1, 0, 5, 16777215, 16777216, 40000000], np.int64)   # -1: empty pixel
+  stored = ids + 1
+  small = stored <= 0x01000000
+  encoded = np.where(small, stored.astype(np.float32),
+                     (0x4A800000 + stored).astype(np.int32).view(np.float32))
+  np.testing.assert_array_equal(nvdiffrast_backend._triangle_ids(jnp.asarray(encoded)), ids)

@@ -15,8 +15,9 @@ depends on (no culling; the antialias silhouette test compares orientations). It
 perspective-correct interpolation of clip w (exact: w is affine on the triangle).
 
 Memory: JAX preallocates 75% of a GPU by default, leaving torch (nvdiffrast's buffers) too
-little. `share_gpu_memory()` turns preallocation off if it runs before JAX starts its GPU
-backend; later it can only warn (README: "Rasterizer backends").
+little. The first backend check (`missing`, from rasterize.resolve_backend) turns that off if
+JAX has not started its GPU backend yet, so a run should resolve its backend before making
+any array; later it can only warn (README: "Rasterizer backends").
 """
 
 import functools
@@ -36,10 +37,11 @@ _contexts = {}        # CUDA device index -> nvdiffrast RasterizeCudaContext (a 
 
 def missing() -> str | None:
   """Why the nvdiffrast backend cannot run here, or None if it can."""
-  if not any(d.platform == "gpu" for d in jax.devices()):
-    return "JAX sees no GPU"
   if importlib.util.find_spec("nvdiffrast") is None:
     return f"the nvdiffrast package is not installed (pip install {PACKAGE})"
+  share_gpu_memory()                     # before jax.devices() starts the GPU backend
+  if not any(d.platform == "gpu" for d in jax.devices()):
+    return "JAX sees no GPU"
   import torch
   if not torch.cuda.is_available():
     return f"torch {torch.__version__} has no CUDA device (a CUDA build of torch is needed)"
@@ -47,17 +49,18 @@ def missing() -> str | None:
 
 
 def require() -> None:
-  """Raises ConfigError naming what is missing; warns if JAX holds most of the GPU."""
+  """Raises ConfigError naming what is missing."""
   reason = missing()
   if reason is not None:
     raise errors.ConfigError(
         f"rasterizer backend 'nvdiffrast' (config key render.rasterizer) cannot run: "
         f"{reason}. Use 'jax' (any device) or 'auto' (nvdiffrast where it can run).")
-  share_gpu_memory()
 
 
 def share_gpu_memory() -> None:
-  """Lets torch allocate beside JAX: no JAX preallocation, unless the user chose a setting."""
+  """Lets torch allocate beside JAX: turns JAX's preallocation off if JAX has not started its
+  backends yet and the user chose no allocator setting; warns if JAX already holds 75% of a
+  GPU. Only called where nvdiffrast is installed."""
   chosen = {"XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
             "XLA_PYTHON_CLIENT_ALLOCATOR"} & set(os.environ)
   if chosen:
@@ -65,11 +68,11 @@ def share_gpu_memory() -> None:
   from jax._src import xla_bridge       # no public query for "already started" exists
   if not xla_bridge.backends_are_initialized():
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    return
-  logging.getLogger(__name__).warning(
-      "JAX started before the nvdiffrast backend and preallocated 75%% of the GPU; set "
-      "XLA_PYTHON_CLIENT_PREALLOCATE=false (or XLA_PYTHON_CLIENT_MEM_FRACTION) before "
-      "starting Python so torch can allocate too.")
+  elif any(d.platform == "gpu" for d in jax.devices()):
+    logging.getLogger(__name__).warning(
+        "JAX started before the nvdiffrast backend and preallocated 75%% of the GPU; set "
+        "XLA_PYTHON_CLIENT_PREALLOCATE=false (or XLA_PYTHON_CLIENT_MEM_FRACTION) before "
+        "starting Python so torch can allocate too.")
 
 
 def _context(device):

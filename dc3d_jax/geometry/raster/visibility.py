@@ -109,7 +109,7 @@ def _tile_pixels(tile_ids: jax.Array, tiles_x: int, tile: int, height: int, widt
   return px.reshape(shape[0], -1, 1), py.reshape(shape[0], -1, 1)
 
 
-def _search_tile_group(tri: dict, lists: dict, tile_ids, start, count, pixels, block: int):
+def _search_tile_group(tri: dict, lists: dict, start, count, pixels, block: int):
   """Nearest covering face for the pixels of a group of tiles -> [C, S*S] ids (-1 empty).
 
   Loops over blocks of `block` candidates, as many as the group's longest list needs.
@@ -158,7 +158,7 @@ def tiled(tri: dict, height: int, width: int, *, tile: int = 16, tiles_per_step:
   def one_group(args):
     ids, s, c = args
     pixels = _tile_pixels(ids, tiles_x, tile, height, width)
-    return _search_tile_group(tri, lists, ids, s, c, pixels, block)
+    return _search_tile_group(tri, lists, s, c, pixels, block)
 
   ids = jax.lax.map(one_group, (tile_ids, start, count))            # [G, C, S*S]
   ids = jnp.zeros((n_tiles, tile * tile), jnp.int32).at[order].set(
