@@ -38,20 +38,20 @@ def scene(n_faces: int, res: int) -> dict:
               weights=jnp.asarray(rng.uniform(-1, 1, (res, res, 3)), jnp.float32))
 
 
-def render(vertices, s: dict, res: int, backend: str) -> tuple:
+def render(vertices, s: dict, res: int, backend: str, search: str = "auto") -> tuple:
   """-> (antialiased [res, res, 3] image, RasterOut)."""
   clip = jnp.concatenate([vertices, jnp.ones_like(vertices[:, :1])], -1) @ s["mvp"].T
-  raster = rasterize.rasterize(clip, s["faces"], res, res, backend=backend)
+  raster = rasterize.rasterize(clip, s["faces"], res, res, backend=backend, search=search)
   rgb = rasterize.interpolate(s["colors"], s["faces"], raster)
   return rasterize.antialias(rgb, raster, clip, s["faces"]), raster
 
 
-def run_one(n_faces: int, res: int, backend: str, repeats: int) -> dict:
+def run_one(n_faces: int, res: int, backend: str, repeats: int, search: str = "auto") -> dict:
   # The scene enters as arguments, not constants, as a mesh extracted inside a step does
   # (XLA would otherwise fold the mesh topology at compile time).
   s = scene(n_faces, res)
-  loss = lambda v, s: jnp.sum(s["weights"] * render(v, s, res, backend)[0])
-  forward = jax.jit(lambda v, s: render(v, s, res, backend))
+  loss = lambda v, s: jnp.sum(s["weights"] * render(v, s, res, backend, search)[0])
+  forward = jax.jit(lambda v, s: render(v, s, res, backend, search))
   backward = jax.jit(jax.value_and_grad(loss))
   record = {"faces": int(s["faces"].shape[0]), "vertices": int(s["vertices"].shape[0])}
   for name, fn in (("forward", forward), ("fwd_bwd", backward)):
@@ -78,14 +78,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--res", type=int, default=1024)
   parser.add_argument("--faces", default="10000,100000", help="comma-separated face counts")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--search", default="auto", choices=("auto", "brute", "tiled"),
+                      help="the JAX backend's visibility search (raster/visibility.py)")
   return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
   backend = rasterize.resolve_backend(args.backend)
-  runs = [run_one(int(n), args.res, backend, args.repeats) for n in args.faces.split(",")]
+  runs = [run_one(int(n), args.res, backend, args.repeats, args.search)
+          for n in args.faces.split(",")]
   record = {"benchmark": "rasterize", **common.environment(), "backend": backend,
+            "search": args.search,
             "resolution": args.res, "repeats": args.repeats, "runs": runs,
             "load_average_1min": os.getloadavg()[0], **common.peak_memory_bytes()}
   common.write(args.out, record)

@@ -65,7 +65,9 @@ def test_axis_aligned_rectangle_gets_exact_area_coverage():
   clip, faces = _padded(clip_from_pixels([x0, x1, x1, x0], [y0, y0, y1, y1], 2.0),
                         [[0, 1, 2], [0, 2, 3]])
   got = np.asarray(coverage(clip, faces))
-  overlap = lambda lo, hi, n: np.clip(np.minimum(np.arange(n) + 1, hi) - np.maximum(np.arange(n), lo), 0, 1)
+  # Pixel k spans [k, k + 1]: its covered fraction along an axis is the overlap with [lo, hi].
+  k = lambda n: np.arange(n)
+  overlap = lambda lo, hi, n: np.clip(np.minimum(k(n) + 1, hi) - np.maximum(k(n), lo), 0, 1)
   want = overlap(y0, y1, H)[:, None] * overlap(x0, x1, W)[None, :]
   rows, cols = np.indices((H, W)) + 0.5
   corners = np.zeros((H, W), bool)

@@ -1,8 +1,9 @@
 """Coloured triangle-mesh primitives and the project's procedural ground-truth object.
 
 Symbols: `Mesh` (vertices [V, 3], faces [F, 3], per-vertex colours [V, 3]); builders
-`uv_sphere`, `cube_sphere`, `box`, `cylinder`, `cone`, `torus`; transforms `translate`, `scale`, `rotate`;
-`concatenate`; measures `mesh_bounds`, `mesh_area`, `mesh_volume`; and `test_object`.
+`uv_sphere`, `cube_sphere`, `box`, `cylinder`, `cone`, `torus`; transforms `translate`,
+`scale`, `rotate`; `concatenate`; measures `mesh_bounds`, `mesh_area`, `mesh_volume`; and
+`test_object`.
 
 Conventions: world Z-up (DESIGN.md). Every face is wound counter-clockwise seen from outside,
 so cross(v1 - v0, v2 - v0) is the outward normal and `mesh_volume` (divergence theorem,

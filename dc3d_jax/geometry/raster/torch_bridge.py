@@ -32,24 +32,21 @@ def torch_op(fn, result_shapes):
   """fn(*tensors) -> tuple of float tensors; result_shapes(*arrays) -> tuple of
   jax.ShapeDtypeStruct (evaluated at trace time). Returns op(*arrays) -> tuple of arrays."""
 
-  @jax.custom_vjp
-  def op(*args):
+  def forward(*args):
     return _call(functools.partial(_forward, fn), tuple(result_shapes(*args)), args)
 
-  def op_fwd(*args):
-    return op(*args), args
-
-  def op_bwd(args, cotangents):
+  def backward(args, cotangents):
     diff = [i for i, a in enumerate(args) if jnp.issubdtype(a.dtype, jnp.floating)]
     shapes = tuple(jax.ShapeDtypeStruct(args[i].shape, args[i].dtype) for i in diff)
     grads = _call(functools.partial(_backward, fn, diff, len(args)), shapes,
                   tuple(args) + tuple(cotangents))
-    out = [None] * len(args)
+    out = [None] * len(args)             # None: no cotangent (integer inputs)
     for i, g in zip(diff, grads):
       out[i] = g
     return tuple(out)
 
-  op.defvjp(op_fwd, op_bwd)
+  op = jax.custom_vjp(forward)
+  op.defvjp(lambda *args: (forward(*args), args), backward)
   return op
 
 
