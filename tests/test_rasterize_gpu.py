@@ -5,15 +5,18 @@ first call compiles nvdiffrast's CUDA plugin (a minute or two). Start Python wit
 XLA_PYTHON_CLIENT_PREALLOCATE=false so torch can allocate beside JAX.
 
 Tolerances, and why (provisional until a GPU run measures them):
-  coverage: the backends differ only where a pixel centre lies on an edge (nvdiffrast's
-    top-left fill rule, both-sides here): tri_id agrees on ≥ 99.5% of pixels and the
-    covered counts within 0.5%;
-  depth, barycentrics, interpolated attributes: where the ids agree, both evaluate the same
-    formula in float32: 1e-4 absolute (barycentrics, attributes in [0, 1]), 1e-5 relative;
-  antialiased image: same model; a pixel differs only where a neighbour's id differs, so
-    the mean absolute difference ≤ 2e-3 and ≥ 99% of pixels within 1e-3;
-  gradients w.r.t. vertex positions (through barycentrics and antialiasing): cosine ≥ 0.98,
-    relative L2 error ≤ 0.2; w.r.t. vertex colours: cosine ≥ 0.999.
+  coverage: nvdiffrast snaps vertices to 1/16 pixel and uses a top-left fill rule, so a
+    pixel centre within ~1/32 px of an edge can go either way: coverage (object vs
+    background) agrees on ≥ 99.5% of pixels, covered counts within 0.5%, and tri_id on
+    ≥ 97% of covered pixels (most flips are between two faces sharing an edge);
+  depth, barycentrics, interpolated attributes: where the ids agree, both evaluate the
+    perspective-correct formulas on the unsnapped float32 positions: 1e-4 relative (depth),
+    1e-4 absolute (barycentrics, attributes in [0, 1]);
+  antialiased image: the same model on the same silhouettes; it is built to be continuous
+    where coverage flips, so mean absolute difference ≤ 2e-3 and ≥ 99% of pixels within 1e-2;
+  gradients w.r.t. vertex positions (through barycentrics and antialiasing): cosine ≥ 0.95,
+    relative L2 error ≤ 0.3 (flipped pixels move whole-pixel contributions between faces);
+    w.r.t. vertex colours: cosine ≥ 0.999.
 """
 
 import functools
@@ -77,12 +80,13 @@ def test_same_coverage_depth_barycentrics_and_attributes():
   jx, jx_rgb, _ = _render(s["vertices"], s["colors"], s, "jax")
   assert nv.backend == "nvdiffrast" and jx.backend == "jax"
   ids_nv, ids_jx = np.asarray(nv.tri_id), np.asarray(jx.tri_id)
-  assert np.mean(ids_nv == ids_jx) >= 0.995
-  covered_nv, covered_jx = (ids_nv >= 0).sum(), (ids_jx >= 0).sum()
-  assert covered_jx > 0.2 * ids_jx.size
-  assert abs(covered_nv - covered_jx) <= 0.005 * covered_jx
-  same = (ids_nv == ids_jx) & (ids_jx >= 0)
-  np.testing.assert_allclose(np.asarray(nv.depth)[same], np.asarray(jx.depth)[same], rtol=1e-5)
+  covered_nv, covered_jx = ids_nv >= 0, ids_jx >= 0
+  assert covered_jx.mean() > 0.2
+  assert np.mean(covered_nv == covered_jx) >= 0.995
+  assert abs(int(covered_nv.sum()) - int(covered_jx.sum())) <= 0.005 * covered_jx.sum()
+  assert np.mean((ids_nv == ids_jx)[covered_jx]) >= 0.97
+  same = (ids_nv == ids_jx) & covered_jx
+  np.testing.assert_allclose(np.asarray(nv.depth)[same], np.asarray(jx.depth)[same], rtol=1e-4)
   np.testing.assert_allclose(np.asarray(nv.bary)[same], np.asarray(jx.bary)[same], atol=1e-4)
   np.testing.assert_allclose(np.asarray(nv_rgb)[same], np.asarray(jx_rgb)[same], atol=1e-4)
   # nvdiffrast's own interpolate (through the bridge) against the JAX one on its raster.
@@ -96,12 +100,12 @@ def test_antialiased_images_and_gradients_agree():
   _, _, aa_nv = _render(s["vertices"], s["colors"], s, "nvdiffrast")
   _, _, aa_jx = _render(s["vertices"], s["colors"], s, "jax")
   diff = np.abs(np.asarray(aa_nv) - np.asarray(aa_jx))
-  assert diff.mean() <= 2e-3 and np.mean(diff.max(-1) <= 1e-3) >= 0.99
+  assert diff.mean() <= 2e-3 and np.mean(diff.max(-1) <= 1e-2) >= 0.99
   g_nv = _grads(s["vertices"], s["colors"], s, "nvdiffrast")
   g_jx = _grads(s["vertices"], s["colors"], s, "jax")
   assert np.all(np.isfinite(g_nv[0])) and np.all(np.isfinite(g_jx[0]))
-  assert _cosine(g_nv[0], g_jx[0]) >= 0.98
-  assert np.linalg.norm(g_nv[0] - g_jx[0]) <= 0.2 * np.linalg.norm(g_nv[0])
+  assert _cosine(g_nv[0], g_jx[0]) >= 0.95
+  assert np.linalg.norm(g_nv[0] - g_jx[0]) <= 0.3 * np.linalg.norm(g_nv[0])
   assert _cosine(g_nv[1], g_jx[1]) >= 0.999
 
 
