@@ -69,10 +69,15 @@ def share_gpu_memory() -> None:
   if not xla_bridge.backends_are_initialized():
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   elif any(d.platform == "gpu" for d in jax.devices()):
-    logging.getLogger(__name__).warning(
-        "JAX started before the nvdiffrast backend and preallocated 75%% of the GPU; set "
-        "XLA_PYTHON_CLIENT_PREALLOCATE=false (or XLA_PYTHON_CLIENT_MEM_FRACTION) before "
-        "starting Python so torch can allocate too.")
+    _warn_preallocated()
+
+
+@functools.cache                         # once per process
+def _warn_preallocated() -> None:
+  logging.getLogger(__name__).warning(
+      "JAX started before the nvdiffrast backend and preallocated 75% of the GPU; set "
+      "XLA_PYTHON_CLIENT_PREALLOCATE=false (or XLA_PYTHON_CLIENT_MEM_FRACTION) before "
+      "starting Python so torch can allocate too.")
 
 
 def _context(device):
