@@ -23,6 +23,7 @@ def render_ground_truth(mesh, views: cameras.ViewSettings, size: int) -> tuple:
   """RGBA [S,S,4] and depth [S,S,1] (min-max normalised inside the mask, 0 outside)."""
   camera = cameras.reference_camera(views, size, size)
   out = jax.device_get(rasterize.render_mesh(mesh, camera))
+  rasterize.check_exact(out["overflow"], "ground-truth reference render")
   alpha = out["alpha"]
   rgba = np.concatenate([out["rgb"] * alpha + (1.0 - alpha), alpha], axis=-1)
   return rgba.astype(np.float32), normalized_depth(out["depth"], alpha)

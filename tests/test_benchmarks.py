@@ -54,3 +54,14 @@ def test_marching_tets_benchmark_writes_json(tmp_path):
   (row,) = json.loads(out.read_text())["rows"]
   assert row["num_tets"] == 6 * 4**3 and row["mesh_faces"] > 0 and not row["overflow"]
   assert row["extract_seconds"] > 0 and "consistency_grad_seconds" not in row
+
+
+def test_rasterize_benchmark_writes_json(tmp_path):
+  from benchmarks import rasterize
+  out = tmp_path / "raster.json"
+  rasterize.main(["--out", str(out), "--res", "24", "--faces", "60", "--repeats", "1"])
+  saved = json.loads(out.read_text())
+  run = saved["runs"][0]
+  assert saved["backend"] == "jax" and run["faces"] == 48 and run["overflow"] == 0
+  assert run["grad_finite"] and 0.2 < run["covered_fraction"] < 0.8
+  assert run["forward"]["median_s"] > 0 and run["fwd_bwd"]["cpu_s_per_call"] > 0

@@ -43,6 +43,7 @@ def novel_view_metrics(render_fn, mesh, views, eval_cfg, size: int) -> dict:
   psnrs, ious = [], []
   for i in range(cams.fovy.shape[0]):
     gt = jax.device_get(rasterize.render_mesh(mesh, cams[i]))
+    rasterize.check_exact(gt["overflow"], "ground-truth novel view")
     out = render_fn(cams[i])
     psnrs.append(metrics.psnr(out["rgb"], gt["rgb"]))
     ious.append(metrics.mask_iou(out["opacity"], gt["alpha"]))
