@@ -12,8 +12,8 @@ that span keys (an oracle prior with a user image, a 2D prior without a prompt..
 """
 
 from dc3d_jax import errors
-from dc3d_jax.core.config_rules import (Bool, Choice, File, Float, Int, Names, Numbers, Schedule,
-                                        Section, Text, leaves)
+from dc3d_jax.core.config_rules import (Bool, Choice, File, Float, Int, Names, Numbers, Section,
+                                        Text, leaves, matches)
 from dc3d_jax.guidance import registry
 from dc3d_jax.priors import oracle, precision, zero123
 
@@ -174,7 +174,6 @@ def validate(cfg, sections, checks=RUN_CHECKS) -> None:
 
 def shape_config(cfg, sections) -> dict:
   """{full key: value} of every shape-determining key present in cfg."""
-  from dc3d_jax.core.config_rules import matches
   flat = leaves(cfg)
   out = {}
   for s in sections:

@@ -211,10 +211,9 @@ def _load_models(store: registry.PriorStore, models: dict) -> None:
 def _disk_error(err: BaseException, path: Path) -> errors.WorkdirError | None:
   """A full disk, a read-only file system or a permission error, as one WorkdirError."""
   if workdir.is_disk_full(err):
-    culprit = getattr(err, "filename", None) or path
-    return errors.WorkdirError(f"{culprit}: no space left on device; free some space (or "
-                               "choose another --config.workdir) and re-run the same command "
-                               "to resume")
+    return errors.WorkdirError(f"{path}: no space left on device while writing the run's "
+                               "outputs; free some space (or choose another --config.workdir) "
+                               "and re-run the same command to resume")
   if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EROFS):
     return errors.WorkdirError(f"{err.filename or path}: cannot write ({err.strerror}); "
                                "choose a writable --config.workdir")
@@ -224,9 +223,8 @@ def _disk_error(err: BaseException, path: Path) -> errors.WorkdirError | None:
 # ------------------------------------------------------------------------------ the run
 
 def make_context(cfg, inputs: Inputs, store, *, progress: bool = True) -> RunContext:
-  """Writes config.json, provenance.json and reference/; the context every stage gets."""
+  """Writes provenance.json and reference/ (after config.json); the context every stage gets."""
   path = inputs.workdir
-  write_config(cfg, path)
   workdir.write_provenance(path, inputs.provenance)
   ref = inputs.reference or reference.from_stage0(cfg, path, store)
   reference.save(ref, path)
@@ -288,7 +286,8 @@ def run(cfg, *, progress: bool = True, restart: bool = False) -> dict:
     if restart and _has_content(inputs.workdir):
       tqdm.write(f"--restart: moved the previous run to {lock.move_aside()}")
       lock = workdir.Lock(inputs.workdir).acquire()
-    committed = True
+    write_config(cfg, inputs.workdir)
+    committed = True   # from here on the work dir holds this run
     results = _train_and_evaluate(make_context(cfg, inputs, store, progress=progress), started)
     outcome = "done"
     return results

@@ -61,8 +61,8 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     if show:
       traceback.print_exc()
-    print("interrupted: stopped before the current step finished; re-run the same command to "
-          "resume from the newest checkpoint", file=sys.stderr)
+    print("interrupted: stopped by Ctrl-C; re-run the same command to resume (from the "
+          "newest checkpoint, if any)", file=sys.stderr)
     return errors.Interrupted.exit_code
 
 

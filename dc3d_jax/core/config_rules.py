@@ -81,11 +81,13 @@ class Number(Rule):
     return not (self.multiple_of and v % self.multiple_of)
 
 
+# Capitalised like the classes beside them: rule tables read `Int("steps", lo=1)`.
 def Int(doc, lo=None, hi=None, multiple_of=None) -> Number:  # pylint: disable=invalid-name
   return Number(doc, lo=lo, hi=hi, integer=True, multiple_of=multiple_of)
 
 
-def Float(doc, lo=None, hi=None, *, lo_open=False, hi_open=False) -> Number:  # pylint: disable=invalid-name
+def Float(doc, lo=None, hi=None, *, lo_open=False,  # pylint: disable=invalid-name
+          hi_open=False) -> Number:
   return Number(doc, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 

@@ -38,8 +38,8 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def _damaged(path, why: str) -> errors.ModelError:
-  return errors.ModelError(f"{path}: cannot read the weights: {why}. The file is truncated or "
-                           "damaged; copy or download it again")
+  return errors.ModelError(f"{path}: cannot read the weights: {why.rstrip('. ')}. The file is "
+                           "truncated or damaged; copy or download it again")
 
 
 def read_json(path) -> dict:
