@@ -21,10 +21,10 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 def nearest_keys(cfg, key: str, n: int = 1) -> list:
-  """The valid dotted keys (leaves) closest to `key`; its last part weighs most."""
+  """The valid dotted keys (leaves) closest to `key` as a whole, else by its last part."""
   keys = list(leaves(cfg))
   close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
-  if not close:   # a typo in the last part only: compare last parts within the same parent
+  if not close:   # e.g. a section left out: "stpes" -> "...train.steps"
     last = key.rsplit(".", 1)[-1]
     by_last = {k.rsplit(".", 1)[-1]: k for k in keys}
     close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=n)]

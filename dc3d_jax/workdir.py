@@ -50,9 +50,11 @@ def check_path(text) -> Path:
   return path
 
 
-def _describe(info: dict) -> str:
-  return (f"pid {info.get('pid', '?')}, started {info.get('started', '?')}, command: "
-          f"{info.get('command', '?')}")
+def _in_use(workdir: Path, info: dict) -> errors.WorkdirError:
+  return errors.WorkdirError(
+      f"work dir {workdir} is in use by another run (pid {info.get('pid', '?')}, started "
+      f"{info.get('started', '?')}, command: {info.get('command', '?')}); wait for it to "
+      "finish or stop it, or choose another --config.workdir")
 
 
 def _read_info(path: Path) -> dict:
@@ -78,7 +80,7 @@ class Lock:
   def _make_dirs(self) -> None:
     missing = [p for p in (self.workdir, *self.workdir.absolute().parents) if not p.exists()]
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self.created = [p for p in reversed(missing)]
+    self.created = list(reversed(missing))
 
   def _try_lock(self) -> bool:
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -102,9 +104,7 @@ class Lock:
     if not self._try_lock():
       info = _read_info(self.path)
       self._remove_created()
-      raise errors.WorkdirError(
-          f"work dir {self.workdir} is in use by another run ({_describe(info)}); wait for "
-          "it to finish or stop it, or choose another --config.workdir")
+      raise _in_use(self.workdir, info)
     info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": command or shlex.join(sys.argv)}
     os.ftruncate(self._fd, 0)
@@ -166,9 +166,7 @@ def holder(workdir: Path) -> dict | None:
 def check_free(workdir: Path) -> None:
   info = holder(workdir)
   if info is not None:
-    raise errors.WorkdirError(f"work dir {workdir} is in use by another run ({_describe(info)}); "
-                              "wait for it to finish or stop it, or choose another "
-                              "--config.workdir")
+    raise _in_use(workdir, info)
 
 
 # ------------------------------------------------------------------------------ provenance
@@ -184,20 +182,27 @@ def read_provenance(workdir: Path) -> dict | None:
                              "--restart to start afresh (the old run is moved aside)") from None
 
 
-def _flat(record: dict) -> dict:
-  out = {f"reference.{k}": v for k, v in record.get("reference", {}).items()}
-  out["prompt"] = record.get("prompt")
-  out.update({f"shape key {k}": v for k, v in record.get("shape", {}).items()})
-  return out
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 70 else text[:67] + "..."
+
+
+def _changed(name: str, old: dict, new: dict, keys) -> list:
+  return [f"{name}{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in sorted(keys)
+          if old.get(k) != new.get(k)]
 
 
 def provenance_differences(old: dict | None, new: dict) -> list:
-  """What differs between a work dir's record and this run's, as readable lines. Keys the old
-  record lacks (a stage added since) are not differences."""
+  """What differs between a work dir's record and this run's, as readable lines. A shape key
+  the old record lacks (a stage added since) is not a difference."""
   if old is None:
     return []
-  a, b = _flat(old), _flat(json.loads(json.dumps(writers.to_python(new))))  # tuples -> lists
-  return [f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in sorted(a) if k in b and a[k] != b[k]]
+  new = json.loads(json.dumps(writers.to_python(new)))   # tuples -> lists, as stored
+  old_ref, new_ref = old.get("reference", {}), new.get("reference", {})
+  old_shape, new_shape = old.get("shape", {}), new.get("shape", {})
+  return (_changed("reference.", old_ref, new_ref, set(old_ref) | set(new_ref))
+          + _changed("", old, new, ["prompt"])
+          + _changed("shape key ", old_shape, new_shape, set(old_shape) & set(new_shape)))
 
 
 def refuse_if_different(workdir: Path, new: dict) -> None:

@@ -207,6 +207,18 @@ class Schedule(Rule):
     return steps_ok and value_ok(v0) and value_ok(v1)
 
 
+def schedule_value(value, step: float) -> float:
+  """A schedule's value at `step`, in Python (no JAX) for checks; core/schedules.scalar is
+  the one the steps use."""
+  if is_number(value):
+    return float(value)
+  if len(value) == 1:
+    return float(value[0])
+  s0, v0, v1, s1 = value
+  frac = min(max((step - s0) / (s1 - s0), 0.0), 1.0)
+  return v0 * (1.0 - frac) + v1 * frac
+
+
 Check = Callable[[Any], Iterable[tuple[str, str]]]
 
 

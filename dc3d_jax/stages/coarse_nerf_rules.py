@@ -5,20 +5,17 @@ pipeline.STAGES lists this Section with the stage's runner; the one validation p
 (config_check.validate) applies it before a run writes anything.
 """
 
-from dc3d_jax.core import schedules
 from dc3d_jax.core.config_rules import (Bool, Choice, Float, Int, Numbers, Schedule, Section,
-                                        is_number)
+                                        is_number, schedule_value)
 from dc3d_jax.guidance import registry
 from dc3d_jax.stages import coarse_nerf as cn
-
-_STEP = Int("", lo=1)
 
 KEYS = {
     "train.steps": Int("optimisation steps of the stage", lo=1),
     "train.resolutions": Numbers("render size of the reference and random views, per phase",
                                  item=Int("", lo=8), min_len=1),
     "train.resolution_milestones": Numbers("steps at which the next render size starts",
-                                           item=_STEP, order="<"),
+                                           item=Int("", lo=1), order="<"),
     "train.substeps": Choice("'alternate': ref view on even steps, guidance on odd; "
                              "'accumulate': both every step",
                              options=("alternate", "accumulate")),
@@ -95,7 +92,7 @@ def _t_ranges(s):
   for slot, ranges in s.guidance.items():
     lo, hi = ranges.t_min, ranges.t_max
     for step in _breakpoints(lo, hi):
-      if float(schedules.scalar(lo, step)) > float(schedules.scalar(hi, step)):
+      if schedule_value(lo, step) > schedule_value(hi, step):
         yield _key(f"guidance.{slot}.t_min"), (f"t_min exceeds t_max at step {step} "
                                                f"({lo} vs {hi})")
         break
