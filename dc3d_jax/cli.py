@@ -67,7 +67,7 @@ def _take_value(argv: list, i: int, name: str) -> tuple[str, int]:
   arg = argv[i]
   if "=" in arg:
     return arg.split("=", 1)[1], i + 1
-  if i + 1 >= len(argv):
+  if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
     raise errors.ConfigError(f"{name} needs a value: {name}=VALUE")
   return argv[i + 1], i + 2
 

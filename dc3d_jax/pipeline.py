@@ -269,8 +269,8 @@ def run(cfg, *, progress: bool = True, restart: bool = False) -> dict:
   """Runs cfg.stages; returns (and writes to <workdir>/metrics.json) the final metrics.
 
   restart: start afresh, moving an existing work dir aside (<workdir>.old-<time>)."""
-  inputs = preflight(cfg)
   started = time.time()
+  inputs = preflight(cfg)
   lock = workdir.Lock(inputs.workdir).acquire()
   committed, outcome = False, "error"
   try:

@@ -34,6 +34,13 @@ PROVENANCE = "provenance.json"
 INVOCATIONS = "invocations.jsonl"
 
 
+def command_line() -> str:
+  """This process's command as a person would type it (`python -m experiments.run ...`)."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  head = ["python", "-m", spec.name] if spec is not None else ["python", sys.argv[0]]
+  return shlex.join(head + sys.argv[1:])
+
+
 def check_path(text) -> Path:
   """The work dir as a Path, or WorkdirError when it cannot be one (nothing is created)."""
   if not isinstance(text, str) or not text.strip():
@@ -106,7 +113,7 @@ class Lock:
       self._remove_created()
       raise _in_use(self.workdir, info)
     info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": command or shlex.join(sys.argv)}
+            "command": command or command_line()}
     os.ftruncate(self._fd, 0)
     os.write(self._fd, (json.dumps(info) + "\n").encode())
     return self
@@ -241,7 +248,7 @@ def log_invocation(workdir: Path, started: float, outcome: str) -> None:
   writers.append_jsonl(Path(workdir) / INVOCATIONS, {
       "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
       "wall_s": round(time.time() - started, 1), "outcome": outcome,
-      "command": shlex.join(sys.argv)})
+      "command": command_line()})
 
 
 def is_disk_full(exc: BaseException) -> bool:
