@@ -107,10 +107,15 @@ def test_zero_weights_skip_their_terms(tiny_cfg):
   assert not settings.active & {"orient", "normal_smooth_2d", "normal_smooth_3d", "depth_rel"}
 
 
-def test_nonfinite_loss_stops_with_a_clear_message(tiny_cfg):
-  from dc3d_jax import pipeline
+def test_nonfinite_loss_stops_with_a_clear_message(tiny_cfg, monkeypatch):
+  from dc3d_jax import errors, losses, pipeline
   from dc3d_jax.stages import loop
-  with tiny_cfg.unlocked():
+  with tiny_cfg.unlocked():   # a NaN weight is a config error, refused before anything runs
     tiny_cfg.coarse_nerf.loss.rgb = (float("nan"),)
+  with pytest.raises(errors.ConfigError, match="coarse_nerf.loss.rgb"):
+    pipeline.run(tiny_cfg, progress=False)
+  with tiny_cfg.unlocked():   # so the NaN the loop must stop on is made inside the step
+    tiny_cfg.coarse_nerf.loss.rgb = (1000.0,)
+  monkeypatch.setattr(losses, "rgb", lambda *args: jnp.float32(jnp.nan))
   with pytest.raises(loop.NonFiniteError, match=r"step 1: non-finite values in \['loss'"):
     pipeline.run(tiny_cfg, progress=False)

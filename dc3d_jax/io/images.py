@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dc3d_jax import errors
+
 # Modes whose pixels carry their own alpha; "P"/"L"/"RGB" may instead carry a tRNS entry.
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -20,19 +22,25 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 BackgroundRemover = Callable[[np.ndarray], np.ndarray]
 
 
-class ImageInputError(ValueError):
-  """A user-supplied image cannot be used as given; the message says how to fix it."""
+# A user-supplied image cannot be used as given; the message says how to fix it.
+ImageInputError = errors.InputError
+
+
+class ImageNotFoundError(errors.InputError, FileNotFoundError):
+  """A user-supplied image path that names no file."""
 
 
 def _open(path) -> Image.Image:
   """Opens and fully decodes an image; errors name the file."""
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such image file")
+    raise ImageNotFoundError(f"{path}: no such image file; check the path (config data.image "
+                             "/ data.depth)")
   try:
     img = Image.open(path)
     img.load()  # decode now, so a truncated file fails here and not later
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+  except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+          ValueError) as err:
     raise ImageInputError(f"{path}: cannot read the image ({err})") from err
   return img
 

@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from dc3d_jax import errors
+
 KINDS = ("stable_diffusion", "zero123", "clip_vision")
 LDM_SUFFIXES = (".ckpt", ".safetensors")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -84,8 +86,9 @@ LAYOUTS = {
 }
 
 
-class ModelNotFoundError(FileNotFoundError):
-  """A model argument that resolves to no complete local model."""
+# A model argument that resolves to no complete local model (errors.ModelNotFound: a
+# ModelError and a FileNotFoundError), under the name this module has always used.
+ModelNotFoundError = errors.ModelNotFound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +123,7 @@ def hf_cache_dir() -> Path:
 def resolve_model(model: str, kind: str) -> ResolvedModel:
   """Resolves a model argument of `kind` to local files; raises ModelNotFoundError."""
   if kind not in KINDS:
-    raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")  # a bug
   model = str(model)
   path = Path(model).expanduser()
   if path.suffix in LDM_SUFFIXES:

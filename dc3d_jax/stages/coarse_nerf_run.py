@@ -64,8 +64,10 @@ def _step_inputs(ctx, settings: cn.Settings, prior_params):
 
   def step_inputs(step: int):
     res = schedules.piecewise_constant(step, t.resolution_milestones, t.resolutions)
-    fn = compiled[cn.parts_at(step, t.substeps)]
-    return (lambda state, batch: fn(state, batch, prior_params, root)), batches[res]
+    parts = cn.parts_at(step, t.substeps)
+    fn = compiled[parts]
+    step_fn = lambda state, batch: fn(state, batch, prior_params, root)
+    return "+".join(parts), step_fn, batches[res]
   return step_inputs
 
 
