@@ -1,12 +1,17 @@
 """The coarse-NeRF stage: a short run's numbers, no recompilation, weights, and the NaN stop."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dc3d_jax import cameras as cams
 from dc3d_jax import reference
 from dc3d_jax.core import devices, rng
+from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
 from dc3d_jax.priors import oracle
 from dc3d_jax.stages import coarse_nerf as cn
@@ -85,6 +90,29 @@ def test_reference_loss_falls_over_a_few_steps(stage):
   _, history = _run(compiled, state, batch, prior_params, 40)
   rgb = [float(m["loss/rgb"]) for m in history[::2]]
   assert rgb[-1] < 0.5 * rgb[0]
+
+
+def test_truncated_evaluation_render_is_reported(stage):
+  """A render whose budget cuts samples says so: kept_frac < 1 from render_image, one warning
+  from the MonitoredRenderer the stage hands to the evaluator, the minimum in its metrics."""
+  _, settings, _, _, state, _ = stage
+  starved = dataclasses.replace(settings, volume=dataclasses.replace(
+      settings.volume, samples_per_ray=1.0, prepass_samples_per_ray=2.0))
+  camera = cams.make_camera(0.0, 0.0, 3.8, 20.0, 16, 16)
+  grid = state.buffers["occupancy"]
+  render = lambda s: jax.device_get(jax.jit(functools.partial(
+      cn.render_image, settings=s, chunk=64))(state.params, grid, camera, state.step))
+  full, cut = render(settings), render(starved)
+  assert cut["rgb"].shape == (16, 16, 3) and float(cut["kept_frac"]) < 0.5
+  assert float(full["kept_frac"]) > float(cut["kept_frac"])
+  fn = report.MonitoredRenderer(lambda c: cut, "test render", "raise the budget")
+  with pytest.warns(report.TruncatedRenderWarning, match="raise the budget"):
+    fn(camera)
+  fn(camera)   # warned once: a second truncated render adds to the count only
+  assert report.truncation_metrics(fn) == {
+      "eval_kept_frac_min": pytest.approx(float(cut["kept_frac"])),
+      "eval_truncated_renders": 2}
+  assert report.truncation_metrics(lambda c: cut) == {}
 
 
 def test_loss_weights_must_match_terms():

@@ -237,7 +237,8 @@ def train_step(state: common.TrainState, batch, prior_params, root_key, *,
 
 
 def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) -> dict:
-  """One camera, full image, no gradient, ray chunks of `chunk` -> {name: [H, W, C]}."""
+  """One camera, full image, no gradient, ray chunks of `chunk` -> {name: [H, W, C]} plus
+  "kept_frac": the smallest fraction of live samples a chunk's budget kept (1: none cut)."""
   field_fn, density_fn = field_fns(params, settings, level_mask(settings, step))
   vol = dataclasses.replace(settings.volume, stratified=False)
   rays = cams.camera_rays(camera)
@@ -249,11 +250,13 @@ def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) 
     r = Rays(origins=block[:, :3], directions=block[:, 3:])
     out = volume.render_rays(field_fn, density_fn, r, grid, vol, jax.random.key(0),
                              normals="normal")
-    return {k: out[k] for k in PER_RAY}
+    return {k: out[k] for k in PER_RAY + ("kept_frac",)}
 
   outs = jax.lax.map(one, flat)
-  return {k: v.reshape(-1, v.shape[-1])[:n].reshape(camera.height, camera.width, -1)
-          for k, v in outs.items()}
+  kept_frac = jnp.min(outs.pop("kept_frac"))
+  images = {k: v.reshape(-1, v.shape[-1])[:n].reshape(camera.height, camera.width, -1)
+            for k, v in outs.items()}
+  return {**images, "kept_frac": kept_frac}
 
 
 def compile_steps(settings: Settings, substeps: str) -> dict:
