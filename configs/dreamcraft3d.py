@@ -61,6 +61,10 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.sd_model = "stabilityai/stable-diffusion-2-1-base"  # diffusers folder or cached model id
   # threestudio's SDS configs for SD use CFG 100; IF's 20 is too weak for SD's latents.
   c.sd_guidance_scale = 100.0
+  # DEVIATION: the t ranges below are IF's. "snr_matched_if" queries SD at the step whose
+  # ᾱ_SD equals ᾱ_IF of the drawn IF step (t = 500 -> t' = 359; docs/ARCHITECTURE.md has the
+  # table); "if_fractions" at the same step, where SD's input is far noisier (§10).
+  c.sd_t_schedule = "snr_matched_if"
   c.sd_perp_neg = True        # on in every IF stage of the reference
   c.sd_render_size = 512      # renders are resized to this before the VAE
   c.negative_prompt = ""
