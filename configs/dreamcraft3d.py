@@ -43,6 +43,8 @@ def data_config() -> ml_collections.ConfigDict:
   c.elevation_range_deg = (-10.0, 45.0)
   c.azimuth_range_deg = (-180.0, 180.0)
   c.batch_size = 0          # random views per step over all devices; 0 = one per device
+  # Reference-view rays get one N(0, s²) offset of origin and direction per resolution.
+  c.rays_noise_scale = 2e-3
   return c
 
 
