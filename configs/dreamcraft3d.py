@@ -32,6 +32,8 @@ def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.image = ""              # RGBA reference image; empty: render the oracle's object
   c.depth = ""              # optional depth map (grey PNG) for the depth_rel loss
+  c.depth_kind = "depth"    # "depth": near = dark (the reference's Omnidata maps);
+                            # "disparity": near = bright (MiDaS-style), flipped on load
   c.remove_background = False
   c.recenter = True         # tight crop resized to `fill` of the canvas (preprocess --recenter)
   c.fill = 0.9

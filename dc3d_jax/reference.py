@@ -47,7 +47,8 @@ def load_user_reference(data_cfg) -> tuple:
   """RGBA and optional depth from data.image / data.depth, recentred if data.recenter."""
   remover = background.make_background_remover() if data_cfg.remove_background else None
   rgba = images.load_rgba(data_cfg.image, remove_background=remover)
-  depth = images.load_depth(data_cfg.depth, rgba.shape[:2]) if data_cfg.depth else None
+  depth = (images.load_depth(data_cfg.depth, rgba.shape[:2], kind=data_cfg.depth_kind)
+           if data_cfg.depth else None)
   return _recentred(rgba, depth, data_cfg)
 
 
