@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-requirements
 
 .PHONY: demo test assets clean-venv
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
-	cp requirements.txt $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	cat requirements.txt requirements-nodeps.txt > $(STAMP)
 
 assets: $(STAMP)
 	$(VENV)/bin/python scripts/fetch_assets.py
