@@ -60,7 +60,7 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.prior_2d = "sd"           # "sd" | "oracle" | "none"
   c.prior_3d = "zero123"      # "zero123" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
-  # priors in bf16 on a GPU (DESIGN.md). "fp32" gives the reference's Zero123 numerics.
+  # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32" gives the reference's Zero123 numerics.
   c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
   c.sd_model = "stabilityai/stable-diffusion-2-1-base"  # diffusers folder or cached model id
   # threestudio's SDS configs for SD use CFG 100; IF's 20 is too weak for SD's latents.

@@ -1,4 +1,4 @@
-"""Cameras: spherical round trips, the DESIGN.md frame, pixel-centre rays, projection, sampling."""
+"""Cameras: spherical round trips, the frame of docs/ARCHITECTURE.md, pixel-centre rays, projection, sampling."""
 
 import dataclasses
 
