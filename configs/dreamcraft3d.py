@@ -44,7 +44,10 @@ def data_config() -> ml_collections.ConfigDict:
   c.fovy_deg = 20.0         # Zero123's fixed field of view
   c.elevation_range_deg = (-10.0, 45.0)
   c.azimuth_range_deg = (-180.0, 180.0)
-  c.batch_size = 0          # random views per step over all devices; 0 = one per device
+  # Random views per step over all devices; 0 = one per device. The published results used
+  # 8 GPUs x 1 view = 8 views per step (gradients averaged, reference §9): on one device,
+  # batch_size=8 gives that effective batch (the SDS loss is the mean over the 8 views).
+  c.batch_size = 0
   # Reference-view rays get one N(0, s²) offset of origin and direction per resolution.
   c.rays_noise_scale = 2e-3
   return c
@@ -60,7 +63,7 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.prior_2d = "sd"           # "sd" | "oracle" | "none"
   c.prior_3d = "zero123"      # "zero123" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
-  # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32" gives the reference's Zero123 numerics.
+  # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32": the reference's Zero123 numerics.
   c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
   c.sd_model = "stabilityai/stable-diffusion-2-1-base"  # diffusers folder or cached model id
   # threestudio's SDS configs for SD use CFG 100; IF's 20 is too weak for SD's latents.

@@ -115,6 +115,48 @@ def test_truncated_evaluation_render_is_reported(stage):
   assert report.truncation_metrics(lambda c: cut) == {}
 
 
+def test_batch_of_8_on_one_device_is_the_mean_of_8_single_views(tiny_cfg):
+  """data.batch_size=8 on one device, the reference's effective batch (8 GPUs x 1 view): a
+  guidance step renders 8 distinct random views and its SDS loss is their mean. With the
+  oracle and a fixed t the per-view loss is ½ᾱ(1-ᾱ)‖x - x_gt‖² (the noise cancels), so it
+  is checked against 8 separate one-view renders and losses."""
+  with tiny_cfg.unlocked():
+    tiny_cfg.data.batch_size = 8
+    tiny_cfg.coarse_nerf.render.stratified = False       # renders independent of their key
+    for name in ("t_min", "t_max"):
+      tiny_cfg.coarse_nerf.guidance.sds_2d[name] = (0.5,)
+  par = devices.data_parallel()
+  guidance, prior_params = registry.build(tiny_cfg, cn.NAME)
+  batch = devices.views_per_step(tiny_cfg.data.batch_size, par.n_devices)
+  settings = cn.settings_from_config(tiny_cfg, guidance, batch, par.data)
+  step = 1001                 # full view range; 1001 % 16 != 0: no occupancy update
+  state = cn.init_state(settings, jax.random.key(0)).replace(step=jnp.int32(step))
+  root = rng.root_key(0)
+  ref = {"ref": {"rgb": jnp.zeros((16, 16, 3)), "mask": jnp.zeros((16, 16, 1))}}
+  step_fn = cn.compile_steps(settings, "alternate")[("guidance",)]
+  grid, params = state.buffers["occupancy"], state.params
+  _, metrics = step_fn(jax.tree_util.tree_map(jnp.copy, state), ref, prior_params, root)
+  views = cams.random_cameras(rng.key_for(root, f"{cn.NAME}/views", step), step, 8,
+                              settings.views, 16, 16)
+  mask = cn.level_mask(settings, step)
+
+  @jax.jit
+  def one_view(camera):
+    images, _ = cn.render_views(params, grid, camera, jax.random.key(1), settings, mask,
+                                "none")
+    loss, _ = guidance["sds_2d"].loss(prior_params["sds_2d"], images["rgb"], camera, step,
+                                      jax.random.key(2))
+    return loss, images["rgb"][0]
+
+  losses, renders = zip(*(one_view(views[i:i + 1]) for i in range(8)))
+  angles = np.stack([np.asarray(views.elevation_deg), np.asarray(views.azimuth_deg)], -1)
+  assert len({tuple(np.round(a, 3)) for a in angles}) == 8              # 8 distinct views
+  assert min(float(jnp.abs(a - b).max()) for i, a in enumerate(renders)
+             for b in renders[i + 1:]) > 1e-3                           # 8 distinct renders
+  assert float(metrics["loss/sds_2d"]) > 0
+  np.testing.assert_allclose(float(metrics["loss/sds_2d"]), np.mean(losses), rtol=1e-5)
+
+
 def test_loss_weights_must_match_terms():
   weights = {n: (1.0,) for n in cn.LOSS_TERMS}
   assert common.check_loss_weights(weights, cn.LOSS_TERMS, "coarse_nerf") == weights
