@@ -3,7 +3,8 @@
 # (600 s). On the device machine, after the wheel install of ../shared/device/README.md:
 #   bash benchmarks/gpu_session.sh fields   # hash grid, coarse-NeRF step 128² / 384²
 #   bash benchmarks/gpu_session.sh priors   # SDS step, SD + Zero123, fp32 + bf16, vs PyTorch
-#   bash benchmarks/gpu_session.sh tests    # parity, precision, SDS, hash-grid, volume tests
+#   bash benchmarks/gpu_session.sh tests    # the gpu-marked tests (tests/test_gpu.py), then
+#                                           # parity, precision, SDS, hash-grid, volume tests
 # PYTHON picks the interpreter (default python3). JSON and logs go to $OUT (the device
 # tool's folder that comes back). Copy the figures into benchmarks/RESULTS.md with the GPU
 # name, the date and these commands.
@@ -37,6 +38,7 @@ case $group in
     done
     ;;
   tests)
+    step pytest_gpu "$py" -m pytest -q -s -W ignore -m gpu tests/test_gpu.py
     step pytest "$py" -m pytest -q -W ignore tests/test_prior_parity.py \
       tests/test_zero123_guidance.py tests/test_precision.py tests/test_sds.py \
       tests/test_hash_grid.py tests/test_volume.py
