@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
-	cp requirements.txt $(STAMP)
+	cat requirements.txt requirements-nodeps.txt > $(STAMP)
 
 assets: $(STAMP)
 	$(VENV)/bin/python scripts/fetch_assets.py

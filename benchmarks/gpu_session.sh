@@ -3,7 +3,8 @@
 # (600 s). On the device machine, after the wheel install of ../shared/device/README.md:
 #   bash benchmarks/gpu_session.sh fields   # hash grid, coarse-NeRF step 128² / 384²
 #   bash benchmarks/gpu_session.sh priors   # SDS step, SD + Zero123, fp32 + bf16, vs PyTorch
-#   bash benchmarks/gpu_session.sh tests    # parity, precision, SDS, hash-grid, volume tests
+#   bash benchmarks/gpu_session.sh tests    # the gpu-marked tests (tests/test_gpu.py), then
+#                                           # parity, precision, SDS, hash-grid, volume tests
 #   bash benchmarks/gpu_session.sh raster   # rasterizer 1024², 10k/100k faces: nvdiffrast and
 #                                           # pure JAX, then tests/test_rasterize_gpu.py
 # PYTHON picks the interpreter (default python3). JSON and logs go to $OUT (the device
@@ -39,6 +40,7 @@ case $group in
     done
     ;;
   tests)
+    step pytest_gpu "$py" -m pytest -q -s -W ignore -m gpu tests/test_gpu.py
     step pytest "$py" -m pytest -q -W ignore tests/test_prior_parity.py \
       tests/test_zero123_guidance.py tests/test_precision.py tests/test_sds.py \
       tests/test_hash_grid.py tests/test_volume.py

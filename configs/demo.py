@@ -6,8 +6,10 @@ Run:
 Outputs land in outputs/demo/ (metrics.json, coarse_nerf/turntable.mp4, samples, checkpoints).
 
 It is configs/dreamcraft3d.py with these changes, all for CPU time:
-  - fewer steps, with every step-based schedule (band growth, loss-weight changes) scaled by
-    the same factor; one training resolution (64²) instead of 128² then 384²;
+  - fewer steps, with every step-based schedule scaled by the same factor 2000/5000: band
+    growth, loss-weight changes, timestep annealing (over 80 steps instead of 200) and the
+    progressive view range (progressive_until 80 instead of 200); one training resolution
+    (64²) instead of 128² then 384²;
   - a smaller hash grid (12 levels, 2^16 entries, finest level 512);
   - a coarser render step (192 steps across the box diagonal instead of 512), tight sample
     budgets, and transmittance pruning of samples hidden behind the surface;
@@ -44,6 +46,11 @@ def get_config(arg: str | None = None):
   for name in ("sparsity", "opaque"):
     s0, v0, v1, _ = n.loss[name]
     n.loss[name] = dreamcraft3d.step_change(v0, v1, at=at(s0))
+  for slot in ("sds_2d", "sds_3d"):        # timestep annealing (0, v0, v1, 200) -> 80 steps
+    for name in ("t_min", "t_max"):
+      s0, v0, v1, s1 = n.guidance[slot][name]
+      n.guidance[slot][name] = (at(s0), v0, v1, at(s1))
+  n.views.progressive_until = at(n.views.progressive_until)
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
   c.eval.update(resolution=128, turntable_views=60)

@@ -32,6 +32,8 @@ def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.image = ""              # RGBA reference image; empty: render the oracle's object
   c.depth = ""              # optional depth map (grey PNG) for the depth_rel loss
+  c.depth_kind = "depth"    # "depth": near = dark (the reference's Omnidata maps);
+                            # "disparity": near = bright (MiDaS-style), flipped on load
   c.remove_background = False
   c.recenter = True         # tight crop resized to `fill` of the canvas (preprocess --recenter)
   c.fill = 0.9
@@ -42,7 +44,12 @@ def data_config() -> ml_collections.ConfigDict:
   c.fovy_deg = 20.0         # Zero123's fixed field of view
   c.elevation_range_deg = (-10.0, 45.0)
   c.azimuth_range_deg = (-180.0, 180.0)
-  c.batch_size = 0          # random views per step over all devices; 0 = one per device
+  # Random views per step over all devices; 0 = one per device. The published results used
+  # 8 GPUs x 1 view = 8 views per step (gradients averaged, reference §9): on one device,
+  # batch_size=8 gives that effective batch (the SDS loss is the mean over the 8 views).
+  c.batch_size = 0
+  # Reference-view rays get one N(0, s²) offset of origin and direction per resolution.
+  c.rays_noise_scale = 2e-3
   return c
 
 
@@ -56,11 +63,15 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.prior_2d = "sd"           # "sd" | "oracle" | "none"
   c.prior_3d = "zero123"      # "zero123" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
-  # priors in bf16 on a GPU (DESIGN.md). "fp32" gives the reference's Zero123 numerics.
+  # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32": the reference's Zero123 numerics.
   c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
   c.sd_model = "stabilityai/stable-diffusion-2-1-base"  # diffusers folder or cached model id
   # threestudio's SDS configs for SD use CFG 100; IF's 20 is too weak for SD's latents.
   c.sd_guidance_scale = 100.0
+  # DEVIATION: the t ranges below are IF's. "snr_matched_if" queries SD at the step whose
+  # ᾱ_SD equals ᾱ_IF of the drawn IF step (t = 500 -> t' = 359; docs/ARCHITECTURE.md has the
+  # table); "if_fractions" at the same step, where SD's input is far noisier (§10).
+  c.sd_t_schedule = "snr_matched_if"
   c.sd_perp_neg = True        # on in every IF stage of the reference
   c.sd_render_size = 512      # renders are resized to this before the VAE
   c.negative_prompt = ""

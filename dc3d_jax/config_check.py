@@ -15,6 +15,7 @@ from dc3d_jax import errors
 from dc3d_jax.core.config_rules import (Bool, Choice, File, Float, Int, Names, Numbers, Section,
                                         Text, leaves, matches)
 from dc3d_jax.guidance import registry
+from dc3d_jax.io import images
 from dc3d_jax.priors import oracle, precision, zero123
 
 _SEED = dict(lo=0, hi=2**32 - 1)
@@ -35,6 +36,10 @@ def _top(stage_names) -> Section:
 DATA = Section("data", {
     "image": File("RGBA reference image; empty: the oracle's object, or stage 0 from the prompt"),
     "depth": File("optional depth map (grey PNG, the image's size) for the depth_rel loss"),
+    "depth_kind": Choice("data.depth's convention: depth (near = dark) or disparity "
+                         "(near = bright)", options=images.DEPTH_KINDS),
+    "rays_noise_scale": Float("std of the reference view's fixed ray offset (reference 2e-3)",
+                              0.0),
     "remove_background": Bool("cut the object out of data.image with u2netp"),
     "recenter": Bool("crop the object and scale it to data.fill of the canvas"),
     "fill": Float("fraction of the canvas the object's longer side fills after recentring",
@@ -60,6 +65,9 @@ GUIDANCE = Section("guidance", {
     "sd_model": Text("Stable Diffusion: diffusers folder or model id in the local HF cache"),
     "sd_guidance_scale": Float("classifier-free guidance scale of the 2D prior", 0.0),
     "sd_perp_neg": Bool("perp-neg view prompts for the 2D prior"),
+    "sd_t_schedule": Choice("SD's timesteps: snr_matched_if (IF's t ranges at equal SNR) or "
+                            "if_fractions (IF's steps as they are)",
+                            options=registry.SD_T_SCHEDULES),
     "sd_render_size": Int("renders are resized to this before SD's VAE", 8, multiple_of=8),
     "negative_prompt": Text("negative prompt of the 2D prior and stage 0"),
     "front_threshold_deg": Float("|azimuth| below which a view is 'front'", 0.0, 180.0),

@@ -243,6 +243,7 @@ def evaluate(ctx: RunContext, stage: str, render_fn) -> dict:
   out = report.reference_view_metrics(render_fn, ref_batch, views)
   if ctx.ground_truth is not None:
     out.update(report.novel_view_metrics(render_fn, ctx.ground_truth, views, e, e.resolution))
+  out.update(report.truncation_metrics(render_fn))   # min kept_frac over the renders above
   return out
 
 

@@ -59,7 +59,7 @@ def check_mask(rgba: np.ndarray, what: str) -> np.ndarray:
 def _user_depth(data_cfg, image_hw) -> np.ndarray | None:
   if not data_cfg.depth:
     return None
-  depth = images.load_depth(data_cfg.depth)
+  depth = images.load_depth(data_cfg.depth, kind=data_cfg.depth_kind)
   if depth.shape[:2] != tuple(image_hw):
     raise images.ImageInputError(
         f"{data_cfg.depth}: the depth map is {depth.shape[1]}x{depth.shape[0]} (w x h) but "

@@ -1,4 +1,4 @@
-"""Test-wide settings: JAX's persistent compilation cache (STYLE.md), CPU float32."""
+"""Test-wide settings: JAX's persistent compilation cache (docs/ARCHITECTURE.md "Tests"), CPU float32."""
 
 import os
 from pathlib import Path

@@ -35,7 +35,8 @@ def test_run_writes_outputs_then_resumes(tmp_path):
   assert _steps_logged(w) == [1, 2, 3, 4]
   saved = json.loads((w / "metrics.json").read_text())
   assert saved["steps"] == 4 and saved["stage"] == "coarse_nerf"
-  for key in ("novel_view_psnr", "mask_iou", "ref_view_psnr", "ref_mask_iou", "wall_time_s"):
+  for key in ("novel_view_psnr", "mask_iou", "ref_view_psnr", "ref_mask_iou", "wall_time_s",
+              "eval_kept_frac_min"):
     assert np.isfinite(saved[key]) and saved[key] == pytest.approx(results[key])
   assert 0.0 <= saved["mask_iou"] <= 1.0 and len(saved["novel_view_psnr_per_view"]) == 2
   with cfg.unlocked():

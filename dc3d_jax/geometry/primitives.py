@@ -5,7 +5,7 @@ Symbols: `Mesh` (vertices [V, 3], faces [F, 3], per-vertex colours [V, 3]); buil
 `scale`, `rotate`; `concatenate`; measures `mesh_bounds`, `mesh_area`, `mesh_volume`; and
 `test_object`.
 
-Conventions: world Z-up (DESIGN.md). Every face is wound counter-clockwise seen from outside,
+Conventions: world Z-up (docs/ARCHITECTURE.md). Every face is wound counter-clockwise seen from outside,
 so cross(v1 - v0, v2 - v0) is the outward normal and `mesh_volume` (divergence theorem,
 Σ v0·(v1 × v2) / 6) is positive for a closed primitive. Primitives never share vertices with
 each other, so per-vertex colours give each primitive (or each box face) a flat colour.

@@ -1,4 +1,5 @@
-"""Model argument -> local files, never the network (DESIGN.md "Priors without downloads").
+"""Model argument -> local files, never the network (docs/ARCHITECTURE.md
+"Priors without downloads").
 
 A model argument is one of:
   - a local folder in diffusers layout, checked for completeness for its kind;

@@ -153,8 +153,14 @@ def vae_scaling(vae_config: dict) -> float:
   return float(vae_config.get("scaling_factor") or DEFAULT_VAE_SCALING)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")   # what the priors turn into ε
+
+
 def read_schedule(path) -> NoiseScheduleConfig:
-  """scheduler_config.json -> NoiseScheduleConfig; absent: Zero123's (§3.2) scaled-linear."""
+  """scheduler_config.json -> NoiseScheduleConfig; absent: Zero123's (§3.2) scaled-linear.
+
+  prediction_type "epsilon" (SD 2.1-base, Zero123) or "v_prediction" (SD 2.1 at 768 px,
+  which the Stable Diffusion prior converts to ε); "sample" and others are refused."""
   if path is None:
     return NoiseScheduleConfig()
   config = read_json(path)
@@ -164,11 +170,10 @@ def read_schedule(path) -> NoiseScheduleConfig:
       beta_end=float(config.get("beta_end", 0.02)),
       num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
       prediction_type=config.get("prediction_type", "epsilon"))
-  if schedule.prediction_type != "epsilon":
+  if schedule.prediction_type not in PREDICTION_TYPES:
     raise UnsupportedModelError(
-        f"{path}: prediction_type={schedule.prediction_type!r}; only 'epsilon' models are "
-        "supported (score distillation here uses ε predictions, e.g. SD 2.1-base, not the "
-        "v-prediction SD 2.1 768)")
+        f"{path}: prediction_type={schedule.prediction_type!r}; supported: "
+        f"{PREDICTION_TYPES} (score distillation needs ε, which v converts to)")
   if schedule.beta_schedule not in BETA_SCHEDULES or config.get("trained_betas"):
     raise UnsupportedModelError(
         f"{path}: beta_schedule={schedule.beta_schedule!r} / trained_betas not supported; "

@@ -63,6 +63,7 @@ class Settings:
   data_sharding: Any = None
   field_chunk: int = 0          # points per field evaluation (0: all at once)
   remat: bool = False           # recompute field chunks in the backward pass (memory)
+  rays_noise_scale: float = 0.0  # reference-view ray jitter (data.rays_noise_scale)
 
   @property
   def active(self) -> frozenset:
@@ -96,7 +97,8 @@ def settings_from_config(cfg, guidance: Mapping, batch_size: int, data_sharding=
       weights=common.check_loss_weights(s.loss, LOSS_TERMS, NAME),
       guidance=dict(guidance), batch_size=batch_size,
       tx=common.make_optimizer(s.optim, PARAM_GROUPS), data_sharding=data_sharding,
-      field_chunk=r.field_chunk, remat=r.remat)
+      field_chunk=r.field_chunk, remat=r.remat,
+      rays_noise_scale=float(cfg.data.rays_noise_scale))
 
 
 def _field(settings: Settings) -> DensityField:
@@ -127,13 +129,15 @@ def field_fns(params, settings: Settings, mask: jax.Array):
   return chunked(apply), chunked(density)
 
 
-def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str):
-  """Cameras [B] -> (images {name: [B,H,W,C]}, packed samples {name: [B,K,...]})."""
+def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str,
+                 jitter=None):
+  """Cameras [B] -> (images {name: [B,H,W,C]}, packed samples {name: [B,K,...]}).
+  jitter: optional [2, 3] ray offsets for every camera (cameras.camera_rays)."""
   field_fn, density_fn = field_fns(params, settings, mask)
   h, w = cameras.height, cameras.width
 
   def one(camera, k):
-    rays = cams.camera_rays(camera)
+    rays = cams.camera_rays(camera, jitter)
     flat = jax.tree_util.tree_map(lambda a: a.reshape(-1, 3), rays)
     out = volume.render_rays(field_fn, density_fn, flat, grid, settings.volume, k,
                              normals=normals)
@@ -173,19 +177,31 @@ def _ref_terms(images, ref: Mapping, active: frozenset, background: float) -> di
   return terms
 
 
+def ref_ray_jitter(root_key, resolution: int, settings: Settings):
+  """The reference view's [2, 3] ray offsets at one render resolution (None when off):
+  drawn from (stream, resolution), so fixed while the resolution is (reference §2)."""
+  if settings.rays_noise_scale <= 0:
+    return None
+  key = rng.key_for(root_key, f"{NAME}/ref_rays", resolution)
+  return cams.reference_ray_jitter(key, settings.rays_noise_scale)
+
+
 def _substep(params, grid, substep: str, batch, prior_params, root_key, step,
              settings: Settings, mask):
   """Renders the substep's views; returns (terms, metrics)."""
   h, w = batch["ref"]["rgb"].shape[:2]
   key = rng.key_for(root_key, f"{NAME}/{substep}/render", step)
+  jitter = None
   if substep == "ref":
     cameras = cams.reference_camera(settings.views, h, w)[None]
+    jitter = ref_ray_jitter(root_key, h, settings)
   else:
     cameras = cams.random_cameras(rng.key_for(root_key, f"{NAME}/views", step), step,
                                   settings.batch_size, settings.views, h, w)
     if settings.data_sharding is not None:
       cameras = jax.lax.with_sharding_constraint(cameras, settings.data_sharding)
-  images, samples = render_views(params, grid, cameras, key, settings, mask, settings.normals)
+  images, samples = render_views(params, grid, cameras, key, settings, mask, settings.normals,
+                                 jitter)
   terms = _regularizers(images, samples, settings.active, substep)
   metrics = {f"kept_frac/{substep}": jnp.min(samples["kept_frac"]),
              f"samples_per_ray/{substep}": jnp.mean(samples["samples_per_ray"])}
@@ -237,7 +253,8 @@ def train_step(state: common.TrainState, batch, prior_params, root_key, *,
 
 
 def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) -> dict:
-  """One camera, full image, no gradient, ray chunks of `chunk` -> {name: [H, W, C]}."""
+  """One camera, full image, no gradient, ray chunks of `chunk` -> {name: [H, W, C]} plus
+  "kept_frac": the smallest fraction of live samples a chunk's budget kept (1: none cut)."""
   field_fn, density_fn = field_fns(params, settings, level_mask(settings, step))
   vol = dataclasses.replace(settings.volume, stratified=False)
   rays = cams.camera_rays(camera)
@@ -249,11 +266,13 @@ def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) 
     r = Rays(origins=block[:, :3], directions=block[:, 3:])
     out = volume.render_rays(field_fn, density_fn, r, grid, vol, jax.random.key(0),
                              normals="normal")
-    return {k: out[k] for k in PER_RAY}
+    return {k: out[k] for k in PER_RAY + ("kept_frac",)}
 
   outs = jax.lax.map(one, flat)
-  return {k: v.reshape(-1, v.shape[-1])[:n].reshape(camera.height, camera.width, -1)
-          for k, v in outs.items()}
+  kept_frac = jnp.min(outs.pop("kept_frac"))
+  images = {k: v.reshape(-1, v.shape[-1])[:n].reshape(camera.height, camera.width, -1)
+            for k, v in outs.items()}
+  return {**images, "kept_frac": kept_frac}
 
 
 def compile_steps(settings: Settings, substeps: str) -> dict:

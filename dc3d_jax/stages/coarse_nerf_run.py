@@ -10,6 +10,7 @@ import numpy as np
 
 from dc3d_jax import cameras, reference
 from dc3d_jax.core import devices, rng, schedules
+from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.stages import coarse_nerf as cn
@@ -22,7 +23,9 @@ SAMPLE_AZIMUTHS_DEG = (0.0, 90.0, 180.0, 270.0)
 class Handoff:
   state: Any
   settings: cn.Settings
-  render_fn: Callable   # camera -> {"rgb", "opacity", "depth", "comp_normal"} numpy [H, W, C]
+  # camera -> {"rgb", "opacity", "depth", "comp_normal"} numpy [H, W, C], and "kept_frac";
+  # a report.MonitoredRenderer, so truncated evaluation renders are reported.
+  render_fn: Callable
 
 
 def _visual_row(out: dict) -> list:
@@ -35,6 +38,10 @@ def _visual_row(out: dict) -> list:
   return [out["rgb"], out["comp_normal"], depth_img, opacity]
 
 
+TRUNCATION_HINT = (f"raise {cn.NAME}.render.samples_per_ray (and prepass_samples_per_ray when "
+                   "pruning is on)")
+
+
 def _image_renderer(settings: cn.Settings, chunk: int):
   render = jax.jit(functools.partial(cn.render_image, settings=settings, chunk=chunk))
   def for_state(state):
@@ -44,8 +51,10 @@ def _image_renderer(settings: cn.Settings, chunk: int):
 
 
 def _samples_fn(renderer, views: cameras.ViewSettings, size: int):
+  watch = report.MonitoredRenderer(None, f"{cn.NAME} sample images", TRUNCATION_HINT)
   def samples(state, step):
-    render_fn = renderer(state)
+    watch.render_fn = renderer(state)
+    render_fn = watch
     cams = cameras.make_camera(views.ref_elevation_deg,
                                views.ref_azimuth_deg + np.array(SAMPLE_AZIMUTHS_DEG),
                                views.ref_distance, views.fovy_deg, size, size)
@@ -88,4 +97,6 @@ def run(ctx, previous=None) -> Handoff:
       step_inputs=_step_inputs(ctx, settings, prior_params),
       samples=_samples_fn(renderer, settings.views, cfg.eval.resolution))
   state = loop.run(plan, ctx.workdir / cn.NAME, cfg[cn.NAME].train, progress=ctx.progress)
-  return Handoff(state=state, settings=settings, render_fn=renderer(state))
+  render_fn = report.MonitoredRenderer(renderer(state), f"{cn.NAME} evaluation",
+                                       TRUNCATION_HINT)
+  return Handoff(state=state, settings=settings, render_fn=render_fn)
