@@ -19,9 +19,9 @@ from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle
-from dc3d_jax.stages import coarse_nerf_run
+from dc3d_jax.stages import coarse_nerf_run, coarse_neus_run
 
-STAGES = {"coarse_nerf": coarse_nerf_run}
+STAGES = {"coarse_nerf": coarse_nerf_run, "coarse_neus": coarse_neus_run}
 
 
 @dataclasses.dataclass
