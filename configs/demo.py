@@ -26,7 +26,10 @@ from configs import dreamcraft3d
 
 STEPS = 2000
 SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
-NEUS_STEPS = 1000
+# A NeuS step costs what a NeRF step with normals costs (3 extra field queries per sample for
+# the SDF gradient): ~7x the demo's NeRF step (benchmarks/RESULTS.md). Size this when the demo
+# chains coarse_neus.
+NEUS_STEPS = 500
 
 
 def at(step: int) -> int:

@@ -152,8 +152,11 @@ def coarse_neus_config() -> ml_collections.ConfigDict:
       variance_init=0.3))       # inv_std = exp(10·v) ≈ 20 at the start
   c.render = ml_collections.ConfigDict(dict(
       num_steps_diagonal=512, stratified=True,
-      # Static sample budgets per ray; the pre-pass prunes by NeuS's simplified alpha < 0.01.
-      prepass_samples_per_ray=128.0, samples_per_ray=48.0,
+      # Static sample budgets per ray. The pre-pass prunes by NeuS's simplified alpha < 0.01,
+      # which is ~1 everywhere inside the surface, so the whole interior is kept (as in the
+      # reference): more live samples than NeRF's. At the start (the radius-0.5 sphere, 256²)
+      # 49 per ray are live (benchmarks/results/coarse_neus_step_256_cpu.json).
+      prepass_samples_per_ray=128.0, samples_per_ray=64.0,
       alpha_threshold=0.01, transmittance_threshold=0.0,
       field_chunk=2**18, remat=True,
       occupancy_threshold=0.01, occupancy_decay=0.95, occupancy_every=16,
