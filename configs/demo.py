@@ -18,16 +18,34 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
     CPU), and the oracle's views constrain this object without them;
   - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
+The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
+the whole stage as in the reference, the same render step, budgets and transmittance pruning;
+orient stays on: NeuS needs the normals for its alpha anyway). The demo runs only coarse_nerf
+until `stages` lists coarse_neus.
 """
 
 from configs import dreamcraft3d
 
 STEPS = 2000
 SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
+# A NeuS step costs what a NeRF step with normals costs (3 extra field queries per sample for
+# the SDF gradient): ~7x the demo's NeRF step (benchmarks/RESULTS.md). Size this when the demo
+# chains coarse_neus.
+NEUS_STEPS = 500
 
 
 def at(step: int) -> int:
   return int(round(step * SCALE))
+
+
+def _shrink_neus(n) -> None:
+  n.train.update(steps=NEUS_STEPS, resolutions=(64,), resolution_milestones=(), log_every=20,
+                 checkpoint_every=200, sample_every=250)
+  # The pre-pass sees the whole occupied interior of the initial sphere (its simplified alpha
+  # is ~0.5 there): 16 per ray cut 45% of the candidates at the start, 32 cuts none.
+  n.render.update(num_steps_diagonal=192, samples_per_ray=8.0, prepass_samples_per_ray=32.0,
+                  transmittance_threshold=1e-3, field_chunk=0, remat=False,
+                  cos_anneal_end=NEUS_STEPS)
 
 
 def get_config(arg: str | None = None):
@@ -53,6 +71,7 @@ def get_config(arg: str | None = None):
   n.views.progressive_until = at(n.views.progressive_until)
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
+  _shrink_neus(c.coarse_neus)
   c.eval.update(resolution=128, turntable_views=60)
   if arg:
     raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")

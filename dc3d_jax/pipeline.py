@@ -31,7 +31,8 @@ from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle, resolve, state_dicts
-from dc3d_jax.stages import coarse_nerf_rules, coarse_nerf_run
+from dc3d_jax.stages import (coarse_nerf_rules, coarse_nerf_run, coarse_neus_rules,
+                             coarse_neus_run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Stage:
   rules: config_rules.Section   # ranges, meanings and shape keys of cfg.<stage>
 
 
-STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES)}
+STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES),
+          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES)}
 
 
 @dataclasses.dataclass
@@ -231,6 +233,16 @@ def make_context(cfg, inputs: Inputs, store, *, progress: bool = True) -> RunCon
   return RunContext(cfg=cfg, workdir=path, root_key=rng.root_key(cfg.seed), reference=ref,
                     ground_truth=inputs.ground_truth, parallel=devices.data_parallel(),
                     priors=store, progress=progress)
+
+
+def open_context(cfg, *, progress: bool = True) -> RunContext:
+  """The checks, models, config.json and context of `run`, without the lock and the provenance
+  check: for tests and notebooks that drive stages one at a time."""
+  inputs = preflight(cfg)
+  store = registry.PriorStore(cfg.guidance, cache_dir=inputs.workdir / "cache")
+  _load_models(store, inputs.models)
+  write_config(cfg, inputs.workdir)
+  return make_context(cfg, inputs, store, progress=progress)
 
 
 def evaluate(ctx: RunContext, stage: str, render_fn) -> dict:

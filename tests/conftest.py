@@ -38,6 +38,10 @@ def tiny_config(workdir, steps: int = 4):
     f.band_start_level, f.band_start_step, f.band_update_steps = 4, 2, 1
     cfg.coarse_nerf.render.update(num_steps_diagonal=48, samples_per_ray=16.0,
                                   prepass_samples_per_ray=24.0)
+    n = cfg.coarse_neus   # its hash grid is coarse_nerf's
+    n.train.update(steps=steps, resolutions=(16,), log_every=1, checkpoint_every=2,
+                   sample_every=1000)
+    n.render.update(num_steps_diagonal=48, samples_per_ray=16.0, prepass_samples_per_ray=24.0)
     cfg.guidance.oracle_resolution = 16
     cfg.eval.update(resolution=16, turntable_views=4, chunk_rays=128,
                     novel_azimuths_deg=(90.0, 180.0), novel_elevations_deg=(0.0,))
