@@ -20,8 +20,11 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
   - evaluation at 128² with a 60-frame turntable.
 The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
 the whole stage as in the reference, the same render step, budgets and transmittance pruning;
-orient stays on: NeuS needs the normals for its alpha anyway). The demo runs only coarse_nerf
-until `stages` lists coarse_neus.
+orient stays on: NeuS needs the normals for its alpha anyway). The geometry section likewise:
+GEOMETRY_STEPS steps at 128² instead of 5000 at 1024², a 64 tet grid (32 cells across the
+fitted box) instead of 128 with budgets to match, the normal-consistency ramp scaled to the
+stage's length, no albedo chunking. The demo runs only coarse_nerf until `stages` lists the
+others.
 """
 
 from configs import dreamcraft3d
@@ -32,6 +35,8 @@ SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
 # the SDF gradient): ~7x the demo's NeRF step (benchmarks/RESULTS.md). Size this when the demo
 # chains coarse_neus.
 NEUS_STEPS = 500
+# Size this when the demo chains geometry (benchmarks/RESULTS.md has the demo step's time).
+GEOMETRY_STEPS = 300
 
 
 def at(step: int) -> int:
@@ -46,6 +51,16 @@ def _shrink_neus(n) -> None:
   n.render.update(num_steps_diagonal=192, samples_per_ray=8.0, prepass_samples_per_ray=32.0,
                   transmittance_threshold=1e-3, field_chunk=0, remat=False,
                   cos_anneal_end=NEUS_STEPS)
+
+
+def _shrink_geometry(g) -> None:
+  g.train.update(steps=GEOMETRY_STEPS, resolutions=(128,), resolution_milestones=(),
+                 log_every=20, checkpoint_every=100, sample_every=100)
+  g.tets.update(resolution=64, max_vertices=2**15, max_faces=2**16)
+  g.render.update(field_chunk=0, remat=False)
+  s0, v0, v1, s1 = g.loss.normal_consistency       # (1000, 10, 1, 2000) of 5000 steps
+  scale = GEOMETRY_STEPS / 5000
+  g.loss.normal_consistency = (int(round(s0 * scale)), v0, v1, int(round(s1 * scale)))
 
 
 def get_config(arg: str | None = None):
@@ -72,6 +87,7 @@ def get_config(arg: str | None = None):
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
   _shrink_neus(c.coarse_neus)
+  _shrink_geometry(c.geometry)
   c.eval.update(resolution=128, turntable_views=60)
   if arg:
     raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")

@@ -185,6 +185,44 @@ def coarse_neus_config() -> ml_collections.ConfigDict:
   return c
 
 
+def geometry_config() -> ml_collections.ConfigDict:
+  """Stage 2, DMTet (reference §1 "2 Geometry", §3 geometry column, §10 "DMTet (2)"). The hash
+  grid and box radius are coarse_nerf's and the colour MLP's width coarse_neus's: the warm
+  start carries the table and the MLP over."""
+  c = ml_collections.ConfigDict()
+  c.train = ml_collections.ConfigDict(dict(
+      steps=5000,
+      resolutions=(1024,), resolution_milestones=(),   # 1024² reference and random views
+      substeps="accumulate",             # reference view and guidance every step
+      n_rgb=4,                           # RGB steps: step % 4 == 0; normal maps otherwise
+      log_every=10, checkpoint_every=500, sample_every=200, keep_checkpoints=2))
+  c.views = ml_collections.ConfigDict(dict(progressive_until=0))   # full range from step 1
+  c.tets = ml_collections.ConfigDict(dict(
+      resolution=128,                    # the reference's 128 grid: 64 cells per axis
+      # Static marching-tets budgets: an object filling the fitted box has ~1e5 faces at 128
+      # (a sphere: 8e4); more overflows and is reported (metrics mesh_overflow, kept_frac).
+      max_vertices=2**17, max_faces=2**18,
+      bbox_margin=0.1))                  # the tight box of the NeuS surface + 10% per side
+  c.render = ml_collections.ConfigDict(dict(
+      rasterizer="auto",                 # nvdiffrast where it can run (a GPU), else jax
+      # The JAX rasterizer's tiled visibility budget, (16² tile, triangle) pairs; candidates
+      # beyond it are reported (raster_overflow/<substep>, kept_frac).
+      max_pairs=2**21,
+      field_chunk=2**18, remat=True))    # albedo queries per chunk, recomputed in backward
+  c.guidance = ml_collections.ConfigDict(dict(
+      sds_2d=dict(t_min=const(0.02), t_max=const(0.5)),
+      sds_3d=dict(t_min=const(0.2), t_max=const(0.5))))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=dict(sdf=0.005, deformation=0.005, hash_table=0.005, feature_mlp=0.005),
+      b1=0.9, b2=0.99, eps=1e-15))
+  c.loss = ml_collections.ConfigDict(dict(
+      rgb=const(1000), mask=const(100), depth_rel=const(0), sds_2d=const(0.1),
+      sds_3d=const(0.1),
+      normal_consistency=(1000, 10.0, 1.0, 2000),   # 10 until step 1000, then to 1 at 2000
+      laplacian=const(0)))
+  return c
+
+
 def eval_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.resolution = 512
@@ -207,6 +245,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage0 = stage0_config()
   c.coarse_nerf = coarse_nerf_config()
   c.coarse_neus = coarse_neus_config()
+  c.geometry = geometry_config()
   c.eval = eval_config()
   return c
 
@@ -225,6 +264,10 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   neus = c.coarse_neus
   neus.train.update(steps=4, resolutions=(32,), log_every=1, checkpoint_every=2, sample_every=2)
   neus.render.update(num_steps_diagonal=96, cos_anneal_end=4)
+  geo = c.geometry
+  geo.train.update(steps=4, resolutions=(32,), log_every=1, checkpoint_every=2, sample_every=2)
+  geo.tets.update(resolution=32, max_vertices=2**12, max_faces=2**13)
+  geo.loss.normal_consistency = (2, 10.0, 1.0, 4)
   c.guidance.oracle_resolution = 32
   c.guidance.sd_render_size, c.guidance.zero123_render_size = 64, 64
   c.stage0.steps, c.stage0.size = 2, 64

@@ -32,7 +32,7 @@ from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle, resolve, state_dicts
 from dc3d_jax.stages import (coarse_nerf_rules, coarse_nerf_run, coarse_neus_rules,
-                             coarse_neus_run)
+                             coarse_neus_run, geometry_rules, geometry_run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Stage:
 
 
 STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES),
-          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES)}
+          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES),
+          "geometry": Stage(geometry_run.run, geometry_rules.RULES)}
 
 
 @dataclasses.dataclass

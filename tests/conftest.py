@@ -23,7 +23,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def tiny_config(workdir, steps: int = 4):
-  """The reference config shrunk to seconds: 16² renders, a 6-level grid, all losses on."""
+  """The reference config shrunk to seconds: 16² renders, a 6-level grid, all losses on
+  (the geometry stage: a 32 tet grid)."""
   from configs import dreamcraft3d
   cfg = dreamcraft3d.get_config("quick")
   with cfg.unlocked():
@@ -42,10 +43,36 @@ def tiny_config(workdir, steps: int = 4):
     n.train.update(steps=steps, resolutions=(16,), log_every=1, checkpoint_every=2,
                    sample_every=1000)
     n.render.update(num_steps_diagonal=48, samples_per_ray=16.0, prepass_samples_per_ray=24.0)
+    g = cfg.geometry      # its hash grid is coarse_nerf's, its colour MLP coarse_neus's
+    g.train.update(steps=steps, resolutions=(16,), log_every=1, checkpoint_every=2,
+                   sample_every=1000)
+    g.tets.update(resolution=32, max_vertices=2**12, max_faces=2**13)
     cfg.guidance.oracle_resolution = 16
     cfg.eval.update(resolution=16, turntable_views=4, chunk_rays=128,
                     novel_azimuths_deg=(90.0, 180.0), novel_elevations_deg=(0.0,))
   return cfg
+
+
+@pytest.fixture(scope="session")
+def stage_chain(tmp_path_factory):
+  """The coarse NeRF and the NeuS trained 2 steps each through the in-process hand-off (tiny
+  config, oracle prior, every cheap NeuS term on): a namespace with the run context (its
+  stages list geometry too), and the two stages' Handoffs. Shared by the NeuS and geometry
+  tests, so the chain trains once per session."""
+  from types import SimpleNamespace
+  from dc3d_jax import pipeline
+  from dc3d_jax.stages import coarse_nerf_run, coarse_neus_run
+  cfg = tiny_config(tmp_path_factory.mktemp("chain") / "run", steps=2)
+  with cfg.unlocked():
+    cfg.stages = ("coarse_nerf", "coarse_neus", "geometry")
+    # Every term the NeuS step can compute cheaply: the reference's plus eikonal and the 2D
+    # normal smoothness (normal_smooth_3d's jittered normals are tested in test_neus_render).
+    cfg.coarse_neus.loss.update(eikonal=(0.1,), normal_smooth_2d=(1.0,))
+    # The geometry stage's terms that are 0 in the reference, so that all are exercised.
+    cfg.geometry.loss.update(depth_rel=(0.05,), laplacian=(0.1,))
+  ctx = pipeline.open_context(cfg, progress=False)
+  nerf = coarse_nerf_run.run(ctx)
+  return SimpleNamespace(ctx=ctx, nerf=nerf, neus=coarse_neus_run.run(ctx, nerf))
 
 
 @pytest.fixture

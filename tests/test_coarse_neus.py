@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dc3d_jax import pipeline
 from dc3d_jax.errors import ConfigError, ResumeError
 from dc3d_jax.fields import sdf as sdf_field
 from dc3d_jax.guidance import registry
-from dc3d_jax.stages import coarse_nerf_run, coarse_neus_run, runner
+from dc3d_jax.stages import coarse_neus_run, runner
 from dc3d_jax.stages import coarse_neus as neus
 
 
@@ -26,16 +25,10 @@ def _identical(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def nerf(tmp_path_factory):
-  """A run context with both stages configured, and the coarse NeRF's Handoff after 2 steps."""
-  cfg = tiny_config(tmp_path_factory.mktemp("run"), steps=2)
-  with cfg.unlocked():
-    cfg.stages = ("coarse_nerf", "coarse_neus")
-    # Every term the NeuS step can compute cheaply: the reference's plus eikonal and the 2D
-    # normal smoothness (normal_smooth_3d's jittered normals are tested in test_neus_render).
-    cfg.coarse_neus.loss.update(eikonal=(0.1,), normal_smooth_2d=(1.0,))
-  ctx = pipeline.open_context(cfg, progress=False)
-  return ctx, coarse_nerf_run.run(ctx)
+def nerf(stage_chain):
+  """The run context and the coarse NeRF's Handoff after 2 steps (conftest.stage_chain, which
+  also ran the NeuS stage's 2 steps from it)."""
+  return stage_chain.ctx, stage_chain.nerf
 
 
 def _settings(cfg):
@@ -92,12 +85,13 @@ def test_warm_start_rejects_a_nerf_of_other_shapes_or_no_predecessor(nerf):
     coarse_neus_run.run(ctx, None)
 
 
-def test_two_neus_steps_after_two_nerf_steps(nerf):
+def test_two_neus_steps_after_two_nerf_steps(nerf, stage_chain):
   ctx, handoff = nerf
   settings, _ = runner.build_settings(ctx, neus)
   key = runner.init_key(ctx, neus)
+  # The state the run started from (the conversion is deterministic; the NeRF state is kept).
   start = jax.device_get(jax.jit(lambda s: neus.convert_from(s, settings, key))(handoff.state))
-  out = coarse_neus_run.run(ctx, handoff)
+  out = stage_chain.neus                                 # coarse_neus_run.run(ctx, handoff)
   assert isinstance(out.settings, neus.Settings) and int(out.state.step) == 2
   lines = (ctx.workdir / neus.NAME / "metrics.jsonl").read_text().splitlines()
   ref_m, guide_m = (json.loads(line) for line in lines)

@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from dc3d_jax import errors
+from dc3d_jax.core import chunking
 from dc3d_jax.geometry import marching_tets as mt
 from dc3d_jax.geometry import mesh_ops
 from dc3d_jax.geometry import tets as tets_lib
@@ -38,13 +39,7 @@ class DmtetInit:
 
 def evaluate_sdf(sdf_fn, points: np.ndarray, chunk: int = 2**17) -> np.ndarray:
   """[n] float32 sdf_fn over [n, 3] points in fixed-size chunks (tail padded with its last row)."""
-  points = np.asarray(points, np.float32)
-  n = points.shape[0]
-  chunk = min(chunk, n)
-  padded = np.concatenate([points, np.repeat(points[-1:], (-n) % chunk, 0)])
-  out = [np.asarray(sdf_fn(padded[i:i + chunk]), np.float32).reshape(-1)
-         for i in range(0, padded.shape[0], chunk)]
-  return np.concatenate(out)[:n]
+  return chunking.map_on_host(sdf_fn, points, chunk).reshape(-1)
 
 
 def enlarged_box(vertices: np.ndarray, radius: float, margin: float = 0.1) -> np.ndarray:

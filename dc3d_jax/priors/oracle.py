@@ -5,6 +5,11 @@ and predicts the noise that maps x_t back to it: ε̂ = (x_t - √ᾱ_t x0)/√(
 gives g = w(t)(ε̂ - ε) = √(ᾱ_t(1-ᾱ_t))·(x - x0): the same code path as a learned prior, with
 a known answer, so every stage can be run end to end on CPU and must converge to the object.
 Pixel-space, like DeepFloyd IF's 64² stage I.
+
+The geometry stage feeds the 2D prior normal maps on 3 steps in 4 (reference §1): a learned
+prior reads them as images, but the oracle must compare like with like, so
+`for_normal_maps()` gives the oracle whose x0 is the ground truth's normal map in the stage's
+encoding, (n + 1)/2 on black (face normals of the mesh as wound).
 """
 
 import dataclasses
@@ -25,6 +30,10 @@ class OraclePrior:
   beta_start: float = 0.00085
   beta_end: float = 0.012
   num_train_timesteps: int = 1000
+  target: str = "rgb"     # "rgb" or "normal": what x0 renders (module docstring)
+
+  def for_normal_maps(self) -> "OraclePrior":
+    return dataclasses.replace(self, target="normal")
 
   def alphas_cumprod(self) -> np.ndarray:
     return noise_schedule.alphas_cumprod(self.beta_schedule, self.beta_start, self.beta_end,
@@ -36,10 +45,15 @@ class OraclePrior:
     return 2.0 * jax.image.resize(images, size, "bilinear", antialias=False) - 1.0
 
   def condition(self, params, cameras: Camera) -> jax.Array:
-    """[B] cameras -> [B, res, res, 3] ground-truth renders x0 in [-1, 1]."""
+    """[B] cameras -> [B, res, res, 3] ground-truth renders x0 in [-1, 1]: the RGB image, or
+    the normal map (n + 1)/2 on black when target == "normal"."""
     small = cameras.replace(height=self.resolution, width=self.resolution)
-    render = jax.vmap(lambda cam: rasterize.render_mesh(params["mesh"], cam)["rgb"])(small)
-    return 2.0 * jax.lax.stop_gradient(render) - 1.0
+    def one(cam):
+      out = rasterize.render_mesh(params["mesh"], cam)
+      if self.target == "normal":
+        return out["alpha"] * 0.5 * (out["normal"] + 1.0)
+      return out["rgb"]
+    return 2.0 * jax.lax.stop_gradient(jax.vmap(one)(small)) - 1.0
 
   def predict_noise(self, params, x_t, t, cond) -> jax.Array:
     a = jnp.asarray(self.alphas_cumprod())[t].reshape((-1, 1, 1, 1))

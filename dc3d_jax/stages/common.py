@@ -78,19 +78,21 @@ def apply_gradients(state: TrainState, grads, tx, buffers) -> TrainState:
 SUBSTEP_PATTERNS = {"alternate": (("ref",), ("guidance",)), "accumulate": (("ref", "guidance"),)}
 
 
-def compile_steps(train_step, settings, substeps: str, stage: str) -> dict:
+def compile_steps(train_step, settings, substeps: str, stage: str, variants=((),)) -> dict:
   """{parts: jitted train_step(state, batch, prior_params, root_key)} for the substep pattern
-  ("alternate" or "accumulate"), with the state donated."""
+  ("alternate" or "accumulate"), with the state donated. `variants`: suffixes appended to
+  each pattern's parts, one compiled step each (the geometry stage's render type)."""
   if substeps not in SUBSTEP_PATTERNS:
     raise ConfigError(f"config {stage}.train.substeps={substeps!r}; expected one of "
                      f"{sorted(SUBSTEP_PATTERNS)}")
-  return {parts: jax.jit(functools.partial(train_step, settings=settings, parts=parts),
-                         donate_argnums=(0,))
-          for parts in SUBSTEP_PATTERNS[substeps]}
+  return {parts + v: jax.jit(functools.partial(train_step, settings=settings, parts=parts + v),
+                             donate_argnums=(0,))
+          for parts in SUBSTEP_PATTERNS[substeps] for v in variants}
 
 
-def parts_at(step: int, substeps: str) -> tuple:
-  """Reference "alternate": even steps the reference view, odd steps the guidance."""
+def parts_at(step: int, substeps: str, settings=None) -> tuple:
+  """Reference "alternate": even steps the reference view, odd steps the guidance.
+  (settings: unused here; a stage whose variants depend on it reads it.)"""
   if substeps == "accumulate":
     return ("ref", "guidance")
   return ("ref",) if step % 2 == 0 else ("guidance",)

@@ -4,10 +4,17 @@ image renderer) to what comes next. A runner (stages/<stage>_run.py) only says h
 first state is made.
 
 A stage module provides: NAME; settings_from_config(cfg, guidance, batch_size, data_sharding);
-compile_steps(settings, pattern) -> {parts: step}; parts_at(step, pattern);
-render_image(params, grid, camera, step, *, settings, chunk) -> {"rgb", "opacity", "depth",
-"comp_normal"} [H, W, C]. Its Settings has views and active; its state's buffers hold
-"occupancy".
+compile_steps(settings, pattern) -> {parts: step}; parts_at(step, pattern, settings);
+render_image(params, aux, camera, step, *, settings, chunk) -> {"rgb", "opacity", "depth",
+"comp_normal"} [H, W, C]. Its Settings has views and active. `aux` is a volume stage's
+occupancy grid (state.buffers["occupancy"]), or what the stage's optional
+render_aux(state, constants) returns. Optionally TRUNCATION_HINT, the config keys to raise when
+a render reports kept_frac < 1.
+
+`constants` (run_stage's argument) are device arrays every step and render reads but nothing
+trains, e.g. the geometry stage's tet grid: they are placed on the devices once and passed as
+arguments (batch["constants"] in a step), never closed over (that would bake them into the
+compiled program).
 """
 
 import dataclasses
@@ -47,18 +54,26 @@ def visual_row(out: dict) -> list:
   return [out["rgb"], out["comp_normal"], depth_img, opacity]
 
 
-def image_renderer(stage: ModuleType, settings, chunk: int):
+def render_aux(stage: ModuleType, state, constants=None):
+  """render_image's second argument: the stage's render_aux(state, constants), else a volume
+  stage's occupancy grid."""
+  hook = getattr(stage, "render_aux", None)
+  return hook(state, constants) if hook is not None else state.buffers["occupancy"]
+
+
+def image_renderer(stage: ModuleType, settings, chunk: int, constants=None):
   """state -> (camera -> numpy images), one jitted renderer for every state."""
   render = jax.jit(functools.partial(stage.render_image, settings=settings, chunk=chunk))
   def for_state(state):
-    grid = state.buffers["occupancy"]
-    return lambda camera: jax.device_get(render(state.params, grid, camera, state.step))
+    aux = render_aux(stage, state, constants)
+    return lambda camera: jax.device_get(render(state.params, aux, camera, state.step))
   return for_state
 
 
 def truncation_hint(stage: ModuleType) -> str:
-  return (f"raise {stage.NAME}.render.samples_per_ray (and prepass_samples_per_ray when "
-          "pruning is on)")
+  hint = getattr(stage, "TRUNCATION_HINT", None)
+  return hint or (f"raise {stage.NAME}.render.samples_per_ray (and prepass_samples_per_ray "
+                  "when pruning is on)")
 
 
 def samples_fn(stage: ModuleType, renderer, views: cameras.ViewSettings, size: int):
@@ -75,19 +90,22 @@ def samples_fn(stage: ModuleType, renderer, views: cameras.ViewSettings, size: i
   return samples
 
 
-def step_inputs(ctx, stage: ModuleType, settings, prior_params):
+def step_inputs(ctx, stage: ModuleType, settings, prior_params, constants=None):
   """step -> (kind, compiled fn(state, batch), batch): the substep pattern's name and compiled
-  step, and the reference batch at the step's render resolution (<stage>.train)."""
+  step, and the reference batch at the step's render resolution (<stage>.train), with the
+  (replicated) constants under "constants" when there are any."""
   t = ctx.cfg[stage.NAME].train
   compiled = stage.compile_steps(settings, t.substeps)
   prior_params = ctx.parallel.replicate(prior_params)
   root = ctx.parallel.replicate(ctx.root_key)
   batches = {res: ctx.parallel.replicate({"ref": reference.at_resolution(ctx.reference, res)})
              for res in t.resolutions}
+  if constants is not None:
+    batches = {res: {**batch, "constants": constants} for res, batch in batches.items()}
 
   def inputs(step: int):
     res = schedules.piecewise_constant(step, t.resolution_milestones, t.resolutions)
-    parts = stage.parts_at(step, t.substeps)
+    parts = stage.parts_at(step, t.substeps, settings)
     fn = compiled[parts]
     step_fn = lambda state, batch: fn(state, batch, prior_params, root)
     return "+".join(parts), step_fn, batches[res]
@@ -111,14 +129,17 @@ def init_key(ctx, stage: ModuleType) -> jax.Array:
 
 
 def run_stage(ctx, stage: ModuleType, settings, prior_params,
-              init_state: Callable[[], Any]) -> Handoff:
-  """Trains the stage from init_state() (or its newest checkpoint) to <stage>.train.steps."""
+              init_state: Callable[[], Any], constants=None) -> Handoff:
+  """Trains the stage from init_state() (or its newest checkpoint) to <stage>.train.steps.
+  constants: the stage's untrained device inputs (module docstring), or None."""
   cfg = ctx.cfg
-  renderer = image_renderer(stage, settings, cfg.eval.chunk_rays)
+  if constants is not None:
+    constants = ctx.parallel.replicate(constants)
+  renderer = image_renderer(stage, settings, cfg.eval.chunk_rays, constants)
   plan = loop.StagePlan(
       name=stage.NAME, steps=cfg[stage.NAME].train.steps,
       init_state=lambda: ctx.parallel.replicate(init_state()),
-      step_inputs=step_inputs(ctx, stage, settings, prior_params),
+      step_inputs=step_inputs(ctx, stage, settings, prior_params, constants),
       samples=samples_fn(stage, renderer, settings.views, cfg.eval.resolution))
   state = loop.run(plan, ctx.workdir / stage.NAME, cfg[stage.NAME].train, progress=ctx.progress)
   render_fn = report.MonitoredRenderer(renderer(state), f"{stage.NAME} evaluation",

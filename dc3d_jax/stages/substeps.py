@@ -111,13 +111,17 @@ def ref_terms(images, ref: Mapping, active: frozenset, background: float) -> dic
   return terms
 
 
-def guidance_terms(settings, rgb, cameras, prior_params, root_key, step, stage: str):
-  """Each active guidance slot's loss on the renders rgb [B,H,W,3] -> (terms, metrics)."""
+def guidance_terms(settings, rgb, cameras, prior_params, root_key, step, stage: str,
+                   overrides: Mapping | None = None):
+  """Each active guidance slot's loss on the renders rgb [B,H,W,3] -> (terms, metrics).
+  overrides: {slot: (SDSGuidance, images [B,H,W,3])} to feed a slot other images (the
+  geometry stage's normal maps) through its own term."""
   terms, metrics = {}, {}
   for name, term in settings.guidance.items():
     if name in settings.active:
+      term, images = (overrides or {}).get(name, (term, rgb))
       k = rng.key_for(root_key, f"{stage}/{name}", step)
-      terms[name], aux = term.loss(prior_params[name], rgb, cameras, step, k)
+      terms[name], aux = term.loss(prior_params[name], images, cameras, step, k)
       metrics.update({f"{name}/{m}": v for m, v in aux.items()})
   return terms, metrics
 
