@@ -149,6 +149,9 @@ def coarse_neus_config() -> ml_collections.ConfigDict:
   """Stage 1b (reference §1b, §3 NeuS column, §10). The hash grid, box radius and occupancy
   resolution are coarse_nerf's: the warm start carries the table and the grid over."""
   c = ml_collections.ConfigDict()
+  # Where the coarse NeRF's final state is read when coarse_nerf is not in this run's stages:
+  # empty = this work dir; or the work dir of a run whose coarse_nerf stage finished.
+  c.init_from = ""
   c.train = ml_collections.ConfigDict(dict(
       steps=5000,
       # 256² reference and random views (DC). DS's NeuS config trains at 128² (eval 256²), and

@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import jax
@@ -31,19 +32,35 @@ from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle, resolve, state_dicts
-from dc3d_jax.stages import (coarse_nerf_rules, coarse_nerf_run, coarse_neus_rules,
-                             coarse_neus_run)
+from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
+from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """A stage as the pipeline sees it: its runner and its config rules."""
+  """A stage as the pipeline sees it: its runner, its config rules and its module (NAME,
+  settings_from_config, init_state, render_image: what runner.load_final needs)."""
   run: Callable                 # (RunContext, previous Handoff or None) -> Handoff
   rules: config_rules.Section   # ranges, meanings and shape keys of cfg.<stage>
+  module: ModuleType
 
 
-STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES),
-          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES)}
+# In pipeline order: each stage starts from the final state of the one before it, handed over
+# in process, or read from <init_from or this work dir>/<previous stage>/ (runner.load_final).
+STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES, coarse_nerf),
+          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES, coarse_neus)}
+
+
+def predecessor(stage: str) -> str | None:
+  names = list(STAGES)
+  i = names.index(stage)
+  return names[i - 1] if i > 0 else None
+
+
+def predecessor_source(cfg, stage: str, path: Path) -> Path:
+  """Where `stage` finds its predecessor's final state: <stage>.init_from, else this work dir."""
+  init_from = cfg[stage].get("init_from", "")
+  return Path(init_from) if init_from else Path(path)
 
 
 @dataclasses.dataclass
@@ -63,9 +80,20 @@ def config_sections() -> tuple:
   return (*config_check.run_sections(STAGES), *(s.rules for s in STAGES.values()))
 
 
+def _check_stage_order(cfg) -> None:
+  names, chosen = list(STAGES), list(cfg.stages)
+  first = names.index(chosen[0])
+  if chosen != names[first:first + len(chosen)]:
+    raise errors.ConfigError(
+        f"config stages={tuple(chosen)}: stages run in the order {tuple(names)} and each starts "
+        "from the one before it, so give a contiguous run of them in that order, e.g. "
+        f"--config.stages={','.join(names[first:first + 2])}")
+
+
 def validate(cfg) -> None:
   """The one config validation pass (ConfigError on the first bad key)."""
   config_check.validate(cfg, config_sections())
+  _check_stage_order(cfg)
   try:
     devices.views_per_step(cfg.data.batch_size, jax.local_device_count())
   except ValueError as err:
@@ -132,6 +160,16 @@ def _check_reference(cfg, ref: dict) -> None:
           "render resolution")
 
 
+def _check_predecessor(cfg, path: Path) -> None:
+  """The first stage's predecessor (if any) must have finished where the run looks for it."""
+  first = cfg.stages[0]
+  if (prev := predecessor(first)) is None:
+    return
+  source = predecessor_source(cfg, first, path)
+  if loop.final_step(source / prev) is None:
+    raise errors.ResumeError(runner.missing_predecessor(prev, source))
+
+
 def preflight(cfg) -> Inputs:
   """Checks the config, work dir path, models and reference; writes nothing."""
   validate(cfg)
@@ -142,6 +180,7 @@ def preflight(cfg) -> Inputs:
   ref = reference.load(cfg, gt)
   if ref is not None:
     _check_reference(cfg, ref)
+  _check_predecessor(cfg, path)
   shape = config_check.shape_config(cfg, config_sections())
   prov = {"reference": reference.identity(cfg, gt), "prompt": cfg.prompt, "shape": shape}
   return Inputs(path, ref, gt, models, prov)
@@ -263,6 +302,9 @@ def _train_and_evaluate(ctx: RunContext, started: float) -> dict:
   cfg = ctx.cfg
   handoff = None
   for stage in cfg.stages:
+    if handoff is None and (prev := predecessor(stage)) is not None:
+      source = predecessor_source(cfg, stage, ctx.workdir)
+      handoff = runner.load_final(ctx, STAGES[prev].module, source)
     handoff = STAGES[stage].run(ctx, handoff)
   results = evaluate(ctx, cfg.stages[-1], handoff.render_fn)
   results.update(stage=cfg.stages[-1], steps=int(handoff.state.step),

@@ -2,12 +2,13 @@
 stage shares from stages/rules_common.py). Its hash grid, box radius and occupancy resolution
 are coarse_nerf's (the warm start carries them), so they have no keys here."""
 
-from dc3d_jax.core.config_rules import Float, Int, Section
+from dc3d_jax.core.config_rules import Float, Int, Section, Text
 from dc3d_jax.stages import coarse_neus as neus
 from dc3d_jax.stages import rules_common as common
 
 KEYS = {
     **common.TRAIN, **common.VOLUME, **common.OPTIM, **common.GUIDANCE_AND_LOSS,
+    "init_from": common.INIT_FROM,
     "field.hidden": Int("width of the SDF and feature MLPs", lo=1),
     "field.sphere_radius": Float("radius of the initial SDF sphere (sdf = MLP + |x| - r)",
                                  0.0, lo_open=True),
