@@ -72,7 +72,8 @@ def get_config(arg: str | None = None):
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
   _shrink_neus(c.coarse_neus)
-  c.eval.update(resolution=128, turntable_views=60)
+  c.eval.update(resolution=128, orbit_views=60)
+  c.export.update(mesh_resolution=128, texture_size=512)
   if arg:
     raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
   c.lock()

@@ -26,9 +26,9 @@ from typing import Callable
 import jax
 from tqdm.auto import tqdm
 
-from dc3d_jax import cameras, config_check, errors, reference, workdir
+from dc3d_jax import config_check, errors, reference, results, workdir
 from dc3d_jax.core import config_rules, devices, rng
-from dc3d_jax.eval import report
+from dc3d_jax.geometry import isosurface
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle, resolve, state_dicts
@@ -284,17 +284,31 @@ def open_context(cfg, *, progress: bool = True) -> RunContext:
   return make_context(cfg, inputs, store, progress=progress)
 
 
-def evaluate(ctx: RunContext, stage: str, render_fn) -> dict:
-  """Turntable video and metrics of the final stage's result."""
-  cfg, e = ctx.cfg, ctx.cfg.eval
-  views = cameras.ViewSettings.from_config(cfg.data)
-  frames = report.turntable(render_fn, views, e.turntable_views, e.resolution)
-  writers.save_video(ctx.workdir / stage / "turntable.mp4", frames, fps=e.fps)
-  ref_batch = reference.at_resolution(ctx.reference, e.resolution)
-  out = report.reference_view_metrics(render_fn, ref_batch, views)
-  if ctx.ground_truth is not None:
-    out.update(report.novel_view_metrics(render_fn, ctx.ground_truth, views, e, e.resolution))
-  out.update(report.truncation_metrics(render_fn))   # min kept_frac over the renders above
+def _stage_turntable(ctx: RunContext, stage: str, handoff, *, last: bool):
+  """<stage>/turntable.mp4 (kept from an earlier invocation unless this is the last stage,
+  whose orbit renders the evaluation needs)."""
+  path = ctx.workdir / stage / "turntable.mp4"
+  if last or not path.exists():
+    return results.stage_turntable(path, handoff.render_fn, ctx.cfg)
+  return None
+
+
+def _finish(ctx: RunContext, stage: str, handoff) -> dict:
+  """The last stage's turntable, mesh, export and metrics."""
+  cfg = ctx.cfg
+  renders = _stage_turntable(ctx, stage, handoff, last=True)
+  out = {}
+  try:
+    mesh = results.final_mesh(STAGES[stage].module, handoff, cfg.export)
+  except isosurface.NoSurfaceError as err:
+    tqdm.write(f"note: [{stage}] {err}: no mesh to export or score")
+    mesh, out["export"] = None, f"skipped: {err}"
+  if mesh is not None and cfg.export.enabled:
+    export_dir = ctx.workdir / "export"
+    out["export"] = results.export_asset(export_dir, STAGES[stage].module, handoff, mesh,
+                                         cfg.export)
+    writers.copy_file(ctx.workdir / stage / "turntable.mp4", export_dir / "turntable.mp4")
+  out.update(results.evaluate(ctx, handoff, renders, mesh))
   return out
 
 
@@ -306,14 +320,15 @@ def _train_and_evaluate(ctx: RunContext, started: float) -> dict:
       source = predecessor_source(cfg, stage, ctx.workdir)
       handoff = runner.load_final(ctx, STAGES[prev].module, source)
     handoff = STAGES[stage].run(ctx, handoff)
-  results = evaluate(ctx, cfg.stages[-1], handoff.render_fn)
-  results.update(stage=cfg.stages[-1], steps=int(handoff.state.step),
-                 reference=ctx.reference["source"], devices=ctx.parallel.n_devices,
-                 device_kind=jax.devices()[0].device_kind, config_sha256=_config_sha(cfg),
-                 wall_time_s=round(workdir.total_wall_s(ctx.workdir) + time.time() - started,
-                                   1))
-  writers.save_json(ctx.workdir / "metrics.json", results)
-  return results
+    if stage != cfg.stages[-1]:
+      _stage_turntable(ctx, stage, handoff, last=False)
+  out = _finish(ctx, cfg.stages[-1], handoff)
+  out.update(stage=cfg.stages[-1], steps=int(handoff.state.step),
+             reference=ctx.reference["source"], devices=ctx.parallel.n_devices,
+             device_kind=jax.devices()[0].device_kind, config_sha256=_config_sha(cfg),
+             wall_time_s=round(workdir.total_wall_s(ctx.workdir) + time.time() - started, 1))
+  writers.save_json(ctx.workdir / "metrics.json", out)
+  return out
 
 
 def _has_content(path: Path) -> bool:

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from dc3d_jax import errors, pipeline
+from dc3d_jax.export import mesh_files
 from dc3d_jax.stages import coarse_neus as neus
 from dc3d_jax.stages.checkpoints import CheckpointStore
 
@@ -29,6 +30,20 @@ def _final_neus_params(workdir: Path, cfg):
   return jax.device_get(state.params)
 
 
+def _check_outputs(workdir: Path, results: dict):
+  """Every stage's turntable; the last stage's asset (NeuS starts as a sphere, so it has a
+  surface after 2 steps) and its geometry metrics."""
+  for rel in ("coarse_nerf/turntable.mp4", "coarse_neus/turntable.mp4", "export/model.glb",
+              "export/model.obj", "export/model.mtl", "export/model_albedo.png",
+              "export/turntable.mp4"):
+    assert (workdir / rel).is_file(), rel
+  v, f, uv, texture = mesh_files.load_glb(workdir / "export" / "model.glb")
+  assert len(f) == results["export"]["faces"] and texture.shape == (32, 32, 3)
+  for key in ("chamfer", "volume_iou", "ref_psnr", "novel_psnr"):
+    assert np.isfinite(results[key]), key
+  assert any(key.startswith("fscore") for key in results)
+
+
 def test_a_stage_without_its_finished_predecessor_is_refused_before_writing(tmp_path):
   cfg = _chain_config(tmp_path / "run", ("coarse_neus",))
   with pytest.raises(errors.ResumeError, match="coarse_nerf stage has not finished"):
@@ -47,7 +62,9 @@ def test_starting_from_a_finished_work_dir_equals_the_in_process_hand_off(tmp_pa
   """NeuS trained from coarse_nerf's checkpoint in another work dir (init_from) ends with the
   same parameters as NeuS handed the state in process: the load restores the final state."""
   first = _chain_config(tmp_path / "a", ("coarse_nerf", "coarse_neus"))
-  assert pipeline.run(first, progress=False)["stage"] == neus.NAME
+  results = pipeline.run(first, progress=False)
+  assert results["stage"] == neus.NAME
+  _check_outputs(tmp_path / "a", results)
   second = _chain_config(tmp_path / "b", ("coarse_neus",))
   with second.unlocked():
     second.coarse_neus.init_from = str(tmp_path / "a")

@@ -2,7 +2,7 @@
 stage shares from stages/rules_common.py). Its hash grid, box radius and occupancy resolution
 are coarse_nerf's (the warm start carries them), so they have no keys here."""
 
-from dc3d_jax.core.config_rules import Float, Int, Section, Text
+from dc3d_jax.core.config_rules import Float, Int, Section
 from dc3d_jax.stages import coarse_neus as neus
 from dc3d_jax.stages import rules_common as common
 
