@@ -88,7 +88,8 @@ def get_config(arg: str | None = None):
     n.loss[name] = dreamcraft3d.const(0)
   _shrink_neus(c.coarse_neus)
   _shrink_geometry(c.geometry)
-  c.eval.update(resolution=128, turntable_views=60)
+  c.eval.update(resolution=128, orbit_views=60)
+  c.export.update(mesh_resolution=128, texture_size=512)
   if arg:
     raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
   c.lock()

@@ -149,6 +149,9 @@ def coarse_neus_config() -> ml_collections.ConfigDict:
   """Stage 1b (reference §1b, §3 NeuS column, §10). The hash grid, box radius and occupancy
   resolution are coarse_nerf's: the warm start carries the table and the grid over."""
   c = ml_collections.ConfigDict()
+  # Where the coarse NeRF's final state is read when coarse_nerf is not in this run's stages:
+  # empty = this work dir; or the work dir of a run whose coarse_nerf stage finished.
+  c.init_from = ""
   c.train = ml_collections.ConfigDict(dict(
       steps=5000,
       # 256² reference and random views (DC). DS's NeuS config trains at 128² (eval 256²), and
@@ -190,6 +193,9 @@ def geometry_config() -> ml_collections.ConfigDict:
   grid and box radius are coarse_nerf's and the colour MLP's width coarse_neus's: the warm
   start carries the table and the MLP over."""
   c = ml_collections.ConfigDict()
+  # Where the coarse NeuS's final state is read when coarse_neus is not in this run's stages:
+  # empty = this work dir; or the work dir of a run whose coarse_neus stage finished.
+  c.init_from = ""
   c.train = ml_collections.ConfigDict(dict(
       steps=5000,
       resolutions=(1024,), resolution_milestones=(),   # 1024² reference and random views
@@ -224,13 +230,33 @@ def geometry_config() -> ml_collections.ConfigDict:
 
 
 def eval_config() -> ml_collections.ConfigDict:
+  """The evaluation protocol (eval/protocol.py; ../shared/reference/evaluation.md)."""
   c = ml_collections.ConfigDict()
-  c.resolution = 512
-  c.turntable_views = 120   # reference test pass: 120 views, 30 fps
+  c.resolution = 512        # render size of the turntables and the metrics
+  c.orbit_views = 120       # reference test pass: 120 views at the reference elevation, 30 fps
   c.fps = 30
-  c.novel_azimuths_deg = (45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
-  c.novel_elevations_deg = (0.0, 30.0)
+  c.novel_stride = 1        # score every s-th orbit view against the ground truth
+  c.high_elevation_deg = 30.0   # and these views, which see the top of the object
+  c.high_azimuths_deg = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
+  c.fscore_thresholds = (0.01, 0.02, 0.05)   # fractions of the GT bounding-box diagonal
+  c.geometry_points = 100_000
+  c.volume_resolution = 64
+  c.lpips = True            # LPIPS-AlexNet (weights fetched by `make assets`)
+  c.clip_model = ""         # CLIP folder for clip_similarity (none ship here)
+  c.vgg19_weights = ""      # VGG19 state dict for the contextual distance (none ship here)
   c.chunk_rays = 8192
+  return c
+
+
+def export_config() -> ml_collections.ConfigDict:
+  """The last stage's asset (export/): reference §5 and §10 "Export"."""
+  c = ml_collections.ConfigDict()
+  c.enabled = True
+  c.mesh_resolution = 256   # marching-cubes grid of the volume stages (NeRF, NeuS)
+  c.texture_size = 1024     # the reference bakes at 1024²
+  # Remove connected components with fewer faces than this fraction of the largest (the
+  # reference's texture stage: 0.01; its geometry export keeps floaters: 0).
+  c.min_component_fraction = 0.0
   return c
 
 
@@ -247,6 +273,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.coarse_neus = coarse_neus_config()
   c.geometry = geometry_config()
   c.eval = eval_config()
+  c.export = export_config()
   return c
 
 
@@ -271,7 +298,9 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.guidance.oracle_resolution = 32
   c.guidance.sd_render_size, c.guidance.zero123_render_size = 64, 64
   c.stage0.steps, c.stage0.size = 2, 64
-  c.eval.resolution, c.eval.turntable_views, c.eval.chunk_rays = 32, 8, 1024
+  c.eval.update(resolution=32, orbit_views=8, chunk_rays=1024, geometry_points=5000,
+                volume_resolution=24, high_azimuths_deg=(0.0, 180.0))
+  c.export.update(mesh_resolution=48, texture_size=128)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

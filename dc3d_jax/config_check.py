@@ -91,13 +91,30 @@ STAGE0 = Section("stage0", {
 })
 
 EVAL = Section("eval", {
-    "resolution": Int("render size of the turntable and the metrics", 8),
-    "turntable_views": Int("frames of the turntable video", 1),
+    "resolution": Int("render size of the turntables and the metrics", 8),
+    "orbit_views": Int("views of the orbit at the reference elevation (turntables, metrics; "
+                       "view 0 is the reference view)", 2),
     "fps": Float("frames per second of the turntable video", 0.0, 240.0, lo_open=True),
-    "novel_azimuths_deg": Numbers("azimuths of the novel views, from the reference",
-                                  item=_AZIMUTH),
-    "novel_elevations_deg": Numbers("elevations of the novel views", item=_ELEVATION),
+    "novel_stride": Int("score every s-th orbit view against the ground truth", 1),
+    "high_elevation_deg": Float("elevation of the extra ground-truth views", -90.0, 90.0),
+    "high_azimuths_deg": Numbers("azimuths of the extra views, from the reference",
+                                 item=_AZIMUTH),
+    "fscore_thresholds": Numbers("F-score distance thresholds (fractions of the GT diagonal)",
+                                 item=Float("", 0.0, lo_open=True), min_len=1),
+    "geometry_points": Int("surface points sampled per mesh for Chamfer / F-score", 100),
+    "volume_resolution": Int("occupancy grid cells per axis for volume IoU", 4, 512),
+    "lpips": Bool("score LPIPS-AlexNet (weights from `make assets`)"),
+    "clip_model": Text("CLIP folder for clip_similarity; empty: skipped"),
+    "vgg19_weights": File("VGG19 state dict for the contextual distance; empty: skipped"),
     "chunk_rays": Int("rays per chunk when rendering full images", 1),
+})
+
+EXPORT = Section("export", {
+    "enabled": Bool("write the last stage's asset to export/ (GLB, OBJ + MTL + PNG)"),
+    "mesh_resolution": Int("marching-cubes grid of the volume stages' mesh", 8, 1024),
+    "texture_size": Int("baked texture size (pixels)", 8, 8192),
+    "min_component_fraction": Float("remove mesh components with fewer faces than this "
+                                    "fraction of the largest (0 keeps all)", 0.0, 1.0),
 })
 
 
@@ -133,7 +150,7 @@ def _inputs(cfg):
 
 
 def run_sections(stage_names) -> tuple:
-  return (_top(stage_names), DATA, GUIDANCE, STAGE0, EVAL)
+  return (_top(stage_names), DATA, GUIDANCE, STAGE0, EVAL, EXPORT)
 
 
 RUN_CHECKS = (_inputs,)

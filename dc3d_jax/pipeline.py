@@ -20,31 +20,49 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import jax
 from tqdm.auto import tqdm
 
-from dc3d_jax import cameras, config_check, errors, reference, workdir
+from dc3d_jax import config_check, errors, reference, results, workdir
 from dc3d_jax.core import config_rules, devices, rng
-from dc3d_jax.eval import report
+from dc3d_jax.geometry import isosurface
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
 from dc3d_jax.priors import oracle, resolve, state_dicts
-from dc3d_jax.stages import (coarse_nerf_rules, coarse_nerf_run, coarse_neus_rules,
-                             coarse_neus_run, geometry_rules, geometry_run)
+from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
+from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
+from dc3d_jax.stages import geometry, geometry_rules, geometry_run
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """A stage as the pipeline sees it: its runner and its config rules."""
+  """A stage as the pipeline sees it: its runner, its config rules and its module (NAME,
+  settings_from_config, init_state, render_image: what runner.load_final needs)."""
   run: Callable                 # (RunContext, previous Handoff or None) -> Handoff
   rules: config_rules.Section   # ranges, meanings and shape keys of cfg.<stage>
+  module: ModuleType
 
 
-STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES),
-          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES),
-          "geometry": Stage(geometry_run.run, geometry_rules.RULES)}
+# In pipeline order: each stage starts from the final state of the one before it, handed over
+# in process, or read from <init_from or this work dir>/<previous stage>/ (runner.load_final).
+STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES, coarse_nerf),
+          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES, coarse_neus),
+          "geometry": Stage(geometry_run.run, geometry_rules.RULES, geometry)}
+
+
+def predecessor(stage: str) -> str | None:
+  names = list(STAGES)
+  i = names.index(stage)
+  return names[i - 1] if i > 0 else None
+
+
+def predecessor_source(cfg, stage: str, path: Path) -> Path:
+  """Where `stage` finds its predecessor's final state: <stage>.init_from, else this work dir."""
+  init_from = cfg[stage].get("init_from", "")
+  return Path(init_from) if init_from else Path(path)
 
 
 @dataclasses.dataclass
@@ -64,9 +82,20 @@ def config_sections() -> tuple:
   return (*config_check.run_sections(STAGES), *(s.rules for s in STAGES.values()))
 
 
+def _check_stage_order(cfg) -> None:
+  names, chosen = list(STAGES), list(cfg.stages)
+  first = names.index(chosen[0])
+  if chosen != names[first:first + len(chosen)]:
+    raise errors.ConfigError(
+        f"config stages={tuple(chosen)}: stages run in the order {tuple(names)} and each starts "
+        "from the one before it, so give a contiguous run of them in that order, e.g. "
+        f"--config.stages={','.join(names[first:first + 2])}")
+
+
 def validate(cfg) -> None:
   """The one config validation pass (ConfigError on the first bad key)."""
   config_check.validate(cfg, config_sections())
+  _check_stage_order(cfg)
   try:
     devices.views_per_step(cfg.data.batch_size, jax.local_device_count())
   except ValueError as err:
@@ -133,6 +162,16 @@ def _check_reference(cfg, ref: dict) -> None:
           "render resolution")
 
 
+def _check_predecessor(cfg, path: Path) -> None:
+  """The first stage's predecessor (if any) must have finished where the run looks for it."""
+  first = cfg.stages[0]
+  if (prev := predecessor(first)) is None:
+    return
+  source = predecessor_source(cfg, first, path)
+  if loop.final_step(source / prev) is None:
+    raise errors.ResumeError(runner.missing_predecessor(prev, source))
+
+
 def preflight(cfg) -> Inputs:
   """Checks the config, work dir path, models and reference; writes nothing."""
   validate(cfg)
@@ -143,6 +182,7 @@ def preflight(cfg) -> Inputs:
   ref = reference.load(cfg, gt)
   if ref is not None:
     _check_reference(cfg, ref)
+  _check_predecessor(cfg, path)
   shape = config_check.shape_config(cfg, config_sections())
   prov = {"reference": reference.identity(cfg, gt), "prompt": cfg.prompt, "shape": shape}
   return Inputs(path, ref, gt, models, prov)
@@ -246,17 +286,31 @@ def open_context(cfg, *, progress: bool = True) -> RunContext:
   return make_context(cfg, inputs, store, progress=progress)
 
 
-def evaluate(ctx: RunContext, stage: str, render_fn) -> dict:
-  """Turntable video and metrics of the final stage's result."""
-  cfg, e = ctx.cfg, ctx.cfg.eval
-  views = cameras.ViewSettings.from_config(cfg.data)
-  frames = report.turntable(render_fn, views, e.turntable_views, e.resolution)
-  writers.save_video(ctx.workdir / stage / "turntable.mp4", frames, fps=e.fps)
-  ref_batch = reference.at_resolution(ctx.reference, e.resolution)
-  out = report.reference_view_metrics(render_fn, ref_batch, views)
-  if ctx.ground_truth is not None:
-    out.update(report.novel_view_metrics(render_fn, ctx.ground_truth, views, e, e.resolution))
-  out.update(report.truncation_metrics(render_fn))   # min kept_frac over the renders above
+def _stage_turntable(ctx: RunContext, stage: str, handoff, *, last: bool):
+  """<stage>/turntable.mp4 (kept from an earlier invocation unless this is the last stage,
+  whose orbit renders the evaluation needs)."""
+  path = ctx.workdir / stage / "turntable.mp4"
+  if last or not path.exists():
+    return results.stage_turntable(path, handoff.render_fn, ctx.cfg)
+  return None
+
+
+def _finish(ctx: RunContext, stage: str, handoff) -> dict:
+  """The last stage's turntable, mesh, export and metrics."""
+  cfg = ctx.cfg
+  renders = _stage_turntable(ctx, stage, handoff, last=True)
+  out = {}
+  try:
+    mesh = results.final_mesh(STAGES[stage].module, handoff, cfg.export)
+  except isosurface.NoSurfaceError as err:
+    tqdm.write(f"note: [{stage}] {err}: no mesh to export or score")
+    mesh, out["export"] = None, f"skipped: {err}"
+  if mesh is not None and cfg.export.enabled:
+    export_dir = ctx.workdir / "export"
+    out["export"] = results.export_asset(export_dir, STAGES[stage].module, handoff, mesh,
+                                         cfg.export)
+    writers.copy_file(ctx.workdir / stage / "turntable.mp4", export_dir / "turntable.mp4")
+  out.update(results.evaluate(ctx, handoff, renders, mesh))
   return out
 
 
@@ -264,15 +318,19 @@ def _train_and_evaluate(ctx: RunContext, started: float) -> dict:
   cfg = ctx.cfg
   handoff = None
   for stage in cfg.stages:
+    if handoff is None and (prev := predecessor(stage)) is not None:
+      source = predecessor_source(cfg, stage, ctx.workdir)
+      handoff = runner.load_final(ctx, STAGES[prev].module, source)
     handoff = STAGES[stage].run(ctx, handoff)
-  results = evaluate(ctx, cfg.stages[-1], handoff.render_fn)
-  results.update(stage=cfg.stages[-1], steps=int(handoff.state.step),
-                 reference=ctx.reference["source"], devices=ctx.parallel.n_devices,
-                 device_kind=jax.devices()[0].device_kind, config_sha256=_config_sha(cfg),
-                 wall_time_s=round(workdir.total_wall_s(ctx.workdir) + time.time() - started,
-                                   1))
-  writers.save_json(ctx.workdir / "metrics.json", results)
-  return results
+    if stage != cfg.stages[-1]:
+      _stage_turntable(ctx, stage, handoff, last=False)
+  out = _finish(ctx, cfg.stages[-1], handoff)
+  out.update(stage=cfg.stages[-1], steps=int(handoff.state.step),
+             reference=ctx.reference["source"], devices=ctx.parallel.n_devices,
+             device_kind=jax.devices()[0].device_kind, config_sha256=_config_sha(cfg),
+             wall_time_s=round(workdir.total_wall_s(ctx.workdir) + time.time() - started, 1))
+  writers.save_json(ctx.workdir / "metrics.json", out)
+  return out
 
 
 def _has_content(path: Path) -> bool:

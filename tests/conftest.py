@@ -48,8 +48,9 @@ def tiny_config(workdir, steps: int = 4):
                    sample_every=1000)
     g.tets.update(resolution=32, max_vertices=2**12, max_faces=2**13)
     cfg.guidance.oracle_resolution = 16
-    cfg.eval.update(resolution=16, turntable_views=4, chunk_rays=128,
-                    novel_azimuths_deg=(90.0, 180.0), novel_elevations_deg=(0.0,))
+    cfg.eval.update(resolution=16, orbit_views=4, chunk_rays=128, high_azimuths_deg=(90.0,),
+                    lpips=False, geometry_points=2000, volume_resolution=16)
+    cfg.export.update(mesh_resolution=32, texture_size=32)
   return cfg
 
 

@@ -65,15 +65,18 @@ def test_cli_hybrid_guidance_with_models_given_by_flags(models, tmp_path):
     assert np.isfinite(r["loss/sds_2d"]) and r["loss/sds_2d"] > 0
     assert np.isfinite(r["loss/sds_3d"]) and r["loss/sds_3d"] > 0
     assert 0 <= r["sds_3d/t"] <= 1000
-  assert final["steps"] == 6 and np.isfinite(final["ref_view_psnr"])
-  assert "novel_view_psnr" not in final          # no ground truth for a user image
+  assert final["steps"] == 6 and np.isfinite(final["ref_psnr"])
+  assert "novel_psnr" not in final          # no ground truth for a user image
 
 
 def test_cli_stage0_draws_the_reference_from_the_prompt(models, tmp_path):
+  """A tiny random SD draws noise, in which u2netp finds an 'object' for some seeds only; the
+  run refuses an empty mask (tests/test_run_contract.py), so the seed is one whose mask
+  survives (seed 4: 1.9% of the 64² image has alpha > 0.5; seed 0: one pixel)."""
   workdir = tmp_path / "run"
   _, final = _run([f"--config.guidance.sd_model={models / 'sd'}",
                    "--config.guidance.prior_3d=none", "--config.prompt=a red toy",
-                   "--config.coarse_nerf.train.steps=1"], workdir)
+                   "--config.stage0.seed=4", "--config.coarse_nerf.train.steps=1"], workdir)
   generated = sorted((workdir / "reference").glob("generated_*.png"))
   assert len(generated) == 1 and (workdir / "reference" / "rgba.png").is_file()
   assert final["reference"].startswith("stage 0: 'a red toy'")

@@ -178,7 +178,7 @@ def test_fetch_is_idempotent_and_file_names_agree(lpips_params):
 def tiny_clip(tmp_path_factory):
   """A random tiny CLIPModel written by PyTorch transformers' save_pretrained."""
   from transformers import CLIPConfig, CLIPModel
-  from dc3d_jax.priors import tiny
+  from experiments import tiny_models as tiny
   torch.manual_seed(0)
   vision = dict(tiny.TINY_CLIP_VISION)
   config = CLIPConfig(text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64,

@@ -99,7 +99,7 @@ def test_help_exits_zero_through_python_dash_m():
 def test_readme_command(command, tmp_root, tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(ROOT)
   if "/tmp/tiny" in command:   # first the tiny-model writers the command relies on
-    for writer in [c for c in readme_commands() if "priors.tiny" in c and c != command]:
+    for writer in [c for c in readme_commands() if "tiny_models" in c and c != command]:
       module, argv = _argv(writer, tmp_root)
       if not Path(argv[-1]).exists():
         assert _main(module, argv, capsys)[0] == 0

@@ -48,7 +48,7 @@ TINY = [  # the reference-only tiny run of conftest.tiny_config, as flags
     "--config.coarse_nerf.render.num_steps_diagonal=48",
     "--config.coarse_nerf.render.samples_per_ray=16",
     "--config.coarse_nerf.render.prepass_samples_per_ray=24", "--config.eval.resolution=16",
-    "--config.eval.turntable_views=4", "--config.eval.chunk_rays=128"]
+    "--config.eval.orbit_views=4", "--config.eval.chunk_rays=128"]
 
 
 def _rgba(shape_fn, alpha=255, size=64) -> np.ndarray:

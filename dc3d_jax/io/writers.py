@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -168,6 +169,12 @@ def save_json(path, obj) -> None:
   text = json.dumps(to_python(obj), sort_keys=True, indent=2) + "\n"
   with atomic_path(path) as tmp:
     tmp.write_text(text)
+
+
+def copy_file(source, path) -> None:
+  """Copies a file to `path`, atomically, creating parent dirs."""
+  with atomic_path(path) as tmp:
+    shutil.copyfile(source, tmp)
 
 
 def append_jsonl(path, obj) -> None:

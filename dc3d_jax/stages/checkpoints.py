@@ -11,7 +11,8 @@ from dc3d_jax import errors
 class CheckpointStore:
   """Saves TrainStates under `<stage>/checkpoints/<step>/` and restores the newest."""
 
-  def __init__(self, directory: Path, keep: int = 2):
+  def __init__(self, directory: Path, keep: int | None = 2):
+    """keep: checkpoints kept on disk after a save (the newest); None keeps all."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
     self.directory = Path(directory).absolute()
@@ -19,6 +20,9 @@ class CheckpointStore:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> tuple:
+    return tuple(self._manager.all_steps())
 
   def save(self, step: int, state) -> None:
     if step in self._manager.all_steps():

@@ -17,7 +17,7 @@ from dc3d_jax import cameras as cams
 from dc3d_jax.core import rng, schedules
 from dc3d_jax.core.chunking import map_in_chunks
 from dc3d_jax.fields.density import DensityField, DensitySettings
-from dc3d_jax.geometry import hash_grid
+from dc3d_jax.geometry import hash_grid, isosurface
 from dc3d_jax.render import occupancy, volume
 from dc3d_jax.render.occupancy import OccupancySettings
 from dc3d_jax.stages import common, substeps
@@ -180,6 +180,23 @@ def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) 
   render_flat = lambda rays, key: volume.render_rays(field_fn, density_fn, rays, grid, vol,
                                                      key, normals="normal")
   return substeps.render_image(render_flat, camera, chunk, PER_RAY)
+
+
+DENSITY_THRESHOLD = 25.0   # the reference's isosurface threshold of the density field
+
+
+def extract_mesh(state: common.TrainState, settings: Settings, resolution: int):
+  """The density's isosurface at DENSITY_THRESHOLD by marching cubes over the box ->
+  (vertices [V, 3], faces [F, 3]) numpy, training frame, outward winding."""
+  _, density_fn = field_fns(state.params, settings, level_mask(settings, state.step))
+  return isosurface.extract(jax.jit(density_fn), settings.field.radius, resolution,
+                            DENSITY_THRESHOLD, inside="above")
+
+
+def albedo_fn(state: common.TrainState, settings: Settings):
+  """[K, 3] world points -> [K, 3] colour in [0, 1] (the field has no shading)."""
+  field_fn, _ = field_fns(state.params, settings, level_mask(settings, state.step))
+  return jax.jit(lambda x: field_fn(x)[1])
 
 
 def compile_steps(settings: Settings, pattern: str) -> dict:

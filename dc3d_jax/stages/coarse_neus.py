@@ -24,7 +24,7 @@ from dc3d_jax.core.chunking import map_in_chunks
 from dc3d_jax.errors import ConfigError, ResumeError
 from dc3d_jax.fields import sdf as sdf_field
 from dc3d_jax.fields.sdf import SDFField, SDFSettings
-from dc3d_jax.geometry import hash_grid
+from dc3d_jax.geometry import hash_grid, isosurface
 from dc3d_jax.render import neus, occupancy, volume
 from dc3d_jax.stages import coarse_nerf as cn
 from dc3d_jax.stages import common, substeps
@@ -209,6 +209,20 @@ def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) 
   vol = dataclasses.replace(settings.volume, stratified=False)
   render_flat = _flat_renderer(params, grid, step, settings, vol, "normal")
   return substeps.render_image(render_flat, camera, chunk, PER_RAY)
+
+
+def extract_mesh(state: common.TrainState, settings: Settings, resolution: int):
+  """The SDF's zero level set by marching cubes over the box -> (vertices [V, 3], faces
+  [F, 3]) numpy, training frame, outward winding (SDF < 0 inside)."""
+  _, sdf_fn = field_fns(state.params, settings)
+  return isosurface.extract(jax.jit(sdf_fn), settings.field.radius, resolution, 0.0,
+                            inside="below")
+
+
+def albedo_fn(state: common.TrainState, settings: Settings):
+  """[K, 3] world points -> [K, 3] colour in [0, 1] (the field has no shading)."""
+  field_fn, _ = field_fns(state.params, settings)
+  return jax.jit(lambda x: field_fn(x)[1])
 
 
 def compile_steps(settings: Settings, pattern: str) -> dict:

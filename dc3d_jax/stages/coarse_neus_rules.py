@@ -8,6 +8,7 @@ from dc3d_jax.stages import rules_common as common
 
 KEYS = {
     **common.TRAIN, **common.VOLUME, **common.OPTIM, **common.GUIDANCE_AND_LOSS,
+    "init_from": common.INIT_FROM,
     "field.hidden": Int("width of the SDF and feature MLPs", lo=1),
     "field.sphere_radius": Float("radius of the initial SDF sphere (sdf = MLP + |x| - r)",
                                  0.0, lo_open=True),

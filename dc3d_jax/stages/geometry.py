@@ -35,7 +35,7 @@ from dc3d_jax import cameras as cams
 from dc3d_jax.core import chunking
 from dc3d_jax.errors import ConfigError, ResumeError
 from dc3d_jax.fields import dmtet
-from dc3d_jax.geometry import dmtet_init, hash_grid, mesh_ops
+from dc3d_jax.geometry import dmtet_init, hash_grid, isosurface, mesh_ops
 from dc3d_jax.geometry import marching_tets as mt
 from dc3d_jax.geometry import rasterize as raster_lib
 from dc3d_jax.geometry import tets as tets_lib
@@ -113,6 +113,11 @@ def settings_from_config(cfg, guidance: Mapping, batch_size: int, data_sharding=
 def tet_grid(settings: Settings) -> tets_lib.TetGrid:
   """The stage's tet grid, on the host (jax.device_put it once; runner constants)."""
   return tets_lib.tet_grid(settings.tet_resolution)
+
+
+def constants(settings: Settings) -> tets_lib.TetGrid:
+  """The untrained device inputs of every step and render (runner module docstring)."""
+  return tet_grid(settings)
 
 
 def init_state(settings: Settings, key, grid: tets_lib.TetGrid | None = None):
@@ -294,14 +299,21 @@ def render_image(params, aux, camera, step, *, settings: Settings, chunk: int) -
   return {**{k: out[k][0] for k in PER_PIXEL}, "kept_frac": mesh_kept_frac(mesh) * raster_kept}
 
 
-def extract_mesh(state, settings: Settings, grid: tets_lib.TetGrid | None = None):
-  """(vertices [n, 3] float32, faces [m, 3] int32) numpy, in the training frame (Z-up, the
-  reference camera at +X), faces wound outward. ConfigError if the mesh overflowed."""
+def extract_mesh(state, settings: Settings, resolution: int | None = None, *,
+                 grid: tets_lib.TetGrid | None = None):
+  """(vertices [n, 3] float32, faces [m, 3] int32) numpy: the DMTet mesh itself, in the
+  training frame (Z-up, the reference camera at +X), faces wound outward. `resolution` (the
+  volume stages' marching-cubes grid, results.final_mesh) does not apply and is ignored.
+  ConfigError if the mesh overflowed its budget; isosurface.NoSurfaceError if it is empty."""
+  del resolution
   grid = tet_grid(settings) if grid is None else grid
   x = tets_lib.deformed_vertices(grid, state.params["deformation"], state.buffers["bbox"])
   mesh = mt.extract(x, state.params["sdf"], grid, max_vertices=settings.budget.max_vertices,
                     max_faces=settings.budget.max_faces)
-  return mt.compact(jax.device_get(mesh), BUDGET_KEYS)
+  vertices, faces = mt.compact(jax.device_get(mesh), BUDGET_KEYS)
+  if len(faces) == 0:
+    raise isosurface.NoSurfaceError("the DMTet SDF has no zero crossing on the tet grid")
+  return vertices, faces
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "texture"))

@@ -10,6 +10,7 @@ from dc3d_jax.stages import rules_common as common
 
 KEYS = {
     **common.TRAIN, **common.OPTIM, **common.GUIDANCE_AND_LOSS,
+    "init_from": common.INIT_FROM,
     "train.n_rgb": Int("the 2D prior reads RGB (and the reference view's rgb/mask losses "
                        "apply) on steps divisible by this; normal maps on the others", lo=1),
     "tets.resolution": Int("tet grid resolution N (N/2 cells per axis; even)", lo=2),

@@ -3,6 +3,8 @@ checkpoints with resume, a clear stop on non-finite values, and a clean stop on 
 
 Resume: from the newest checkpoint at step N (or from scratch, N = 0), `metrics.jsonl` keeps
 only its rows up to N, so no step is ever logged twice.
+Finished: a stage that reached its last step writes `<stage>/final.json` ({"step": N}), the
+mark a later stage (or a later run, `<stage>.init_from`) starts from (stages/runner.load_final).
 Ctrl-C: the first SIGINT only sets a flag. The step being dispatched finishes (its input state
 was donated to the jitted step, so it cannot be abandoned halfway), the completed step is
 checkpointed, and `errors.Interrupted` says the step reached and how to resume. A second
@@ -11,6 +13,7 @@ Ctrl-C raises KeyboardInterrupt at once.
 
 import contextlib
 import dataclasses
+import json
 import signal
 import threading
 import time
@@ -138,4 +141,19 @@ def run(plan: StagePlan, stage_dir: Path, train_cfg, *, progress: bool = True) -
   finally:
     bar.close()
     store.close()
+  writers.save_json(stage_dir / FINAL, {"step": plan.steps})
   return state
+
+
+FINAL = "final.json"
+
+
+def final_step(stage_dir: Path) -> int | None:
+  """The step a finished stage ended at (its final.json), or None if it has not finished."""
+  path = Path(stage_dir) / FINAL
+  if not path.is_file():
+    return None
+  try:
+    return int(json.loads(path.read_text())["step"])
+  except (ValueError, KeyError, TypeError):
+    return None

@@ -3,9 +3,12 @@ renderer's, the optimizer's, loss weights and guidance t ranges, and the checks 
 keys (named sets, t_min <= t_max, one milestone fewer than resolutions). A stage's rules module
 (stages/<stage>_rules.py) composes these with its own keys."""
 
-from dc3d_jax.core.config_rules import (Bool, Choice, Float, Int, Numbers, Schedule,
+from dc3d_jax.core.config_rules import (Bool, Choice, Float, Int, Numbers, Schedule, Text,
                                         is_number, schedule_value)
 from dc3d_jax.guidance import registry
+
+INIT_FROM = Text("work dir whose previous stage finished, to start from when that stage is "
+                 "not in this run's stages; empty: this work dir")
 
 TRAIN = {
     "train.steps": Int("optimisation steps of the stage", lo=1),

@@ -8,7 +8,8 @@ compile_steps(settings, pattern) -> {parts: step}; parts_at(step, pattern, setti
 render_image(params, aux, camera, step, *, settings, chunk) -> {"rgb", "opacity", "depth",
 "comp_normal"} [H, W, C]. Its Settings has views and active. `aux` is a volume stage's
 occupancy grid (state.buffers["occupancy"]), or what the stage's optional
-render_aux(state, constants) returns. Optionally TRUNCATION_HINT, the config keys to raise when
+render_aux(state, constants) returns; a stage with constants provides constants(settings)
+(load_final rebuilds them). Optionally TRUNCATION_HINT, the config keys to raise when
 a render reports kept_frac < 1.
 
 `constants` (run_stage's argument) are device arrays every step and render reads but nothing
@@ -19,18 +20,22 @@ compiled program).
 
 import dataclasses
 import functools
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from dc3d_jax import cameras, reference
 from dc3d_jax.core import devices, rng, schedules
 from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
+from dc3d_jax.errors import ResumeError
 from dc3d_jax.io import writers
 from dc3d_jax.stages import loop
+from dc3d_jax.stages.checkpoints import CheckpointStore
 
 SAMPLE_AZIMUTHS_DEG = (0.0, 90.0, 180.0, 270.0)
 
@@ -145,3 +150,39 @@ def run_stage(ctx, stage: ModuleType, settings, prior_params,
   render_fn = report.MonitoredRenderer(renderer(state), f"{stage.NAME} evaluation",
                                        truncation_hint(stage))
   return Handoff(state=state, settings=settings, render_fn=render_fn)
+
+
+def load_final(ctx, stage: ModuleType, source: Path) -> Handoff:
+  """The final state of `stage` as a finished run left it under source/<stage>/ (its
+  final.json and the checkpoint at that step), for the next stage to start from.
+
+  The stage module provides init_state(settings, key), the restore template."""
+  stage_dir = Path(source) / stage.NAME
+  step = loop.final_step(stage_dir)
+  if step is None:
+    raise ResumeError(missing_predecessor(stage.NAME, source))
+  batch = devices.views_per_step(ctx.cfg.data.batch_size, ctx.parallel.n_devices)
+  settings = stage.settings_from_config(ctx.cfg, {}, batch, ctx.parallel.data)
+  template = ctx.parallel.replicate(stage.init_state(settings, init_key(ctx, stage)))
+  store = CheckpointStore(stage_dir / "checkpoints", keep=None)
+  try:
+    if step not in store.all_steps():
+      raise ResumeError(f"{stage_dir}: final.json says step {step}, but there is no checkpoint "
+                        f"of that step in {stage_dir / 'checkpoints'}; re-run the "
+                        f"{stage.NAME} stage (--config.stages={stage.NAME},...)")
+    state = store.restore(step, template)
+  finally:
+    store.close()
+  tqdm.write(f"[{stage.NAME}] starting from its final state in {stage_dir} (step {step})")
+  constants = getattr(stage, "constants", None)
+  if constants is not None:
+    constants = ctx.parallel.replicate(constants(settings))
+  renderer = image_renderer(stage, settings, ctx.cfg.eval.chunk_rays, constants)
+  return Handoff(state=state, settings=settings, render_fn=report.MonitoredRenderer(
+      renderer(state), f"{stage.NAME} evaluation", truncation_hint(stage)))
+
+
+def missing_predecessor(name: str, source: Path) -> str:
+  return (f"{Path(source) / name}: the {name} stage has not finished there (no final.json), "
+          f"and the next stage starts from its final state; run it first (list {name!r} in "
+          "--config.stages), or point <stage>.init_from at a work dir where it finished")
