@@ -1,7 +1,9 @@
 """The geometry (DMTet) stage: the NeuS -> DMTet warm start (carried parameters bit for bit; the
 surface at the default 128 grid against PyMCubes' marching cubes of the NeuS SDF), which prior
-reads what on steps 0..7, the normal-consistency schedule, and a 2-step run through the
-in-process hand-off after 2 coarse-NeRF and 2 NeuS steps (conftest.stage_chain)."""
+reads what on steps 0..7, the normal-consistency schedule, a 2-step run through the
+in-process hand-off after 2 coarse-NeRF and 2 NeuS steps (conftest.stage_chain) with the
+deformation bound, and the same 2 steps as a pipeline run from the chain's finished work dir
+(geometry.init_from: same parameters, exported mesh, metrics, resume)."""
 
 import dataclasses
 import json
@@ -16,10 +18,12 @@ from configs import dreamcraft3d
 from conftest import tiny_config
 from dc3d_jax.core import chunking, schedules
 from dc3d_jax.errors import ResumeError
-from dc3d_jax.geometry import mesh_ops
+from dc3d_jax import pipeline
+from dc3d_jax.geometry import mesh_ops, tets
 from dc3d_jax.guidance import registry
 from dc3d_jax.stages import coarse_neus as neus
 from dc3d_jax.stages import geometry, geometry_run, substeps
+from dc3d_jax.stages.checkpoints import CheckpointStore
 from test_dmtet_init import _point_mesh_distance, _surface_points
 
 
@@ -70,7 +74,7 @@ def test_warm_start_carries_the_texture_and_fits_the_neus_surface(bumpy_neus, te
   corners = np.array([bbox[0], bbox[1]], np.float32)    # the grid's first and last vertex
   np.testing.assert_allclose(np.asarray(state.params["sdf"])[[0, -1]], sdf_fn(corners),
                              rtol=1e-6)
-  v, f = geometry.extract_mesh(state, settings, tet_grid_128)
+  v, f = geometry.extract_mesh(state, settings, grid=tet_grid_128)
   h = (bbox[1] - bbox[0]).max() / tet_grid_128.cells_per_axis           # ≈ 0.0196
   radius = np.linalg.norm(v, axis=-1)
   assert radius.min() < 0.48 and radius.max() > 0.52                    # the bumps are there
@@ -136,13 +140,22 @@ def test_normal_consistency_schedule():
   np.testing.assert_allclose(values, [10.0, 10.0, 5.5, 1.0, 1.0], rtol=1e-6)
 
 
-def test_two_geometry_steps_after_nerf_and_neus(stage_chain):
+@pytest.fixture(scope="module")
+def geometry_steps(stage_chain):
+  """(the state the warm start makes, the Handoff after 2 geometry steps) in the chain's work
+  dir, through the in-process hand-off from the chain's NeuS."""
   ctx, previous = stage_chain.ctx, stage_chain.neus
   settings = _settings(ctx.cfg)
+  start = geometry.convert_from(previous.state, previous.settings, settings, None,
+                                geometry.tet_grid(settings))
+  return jax.device_get(start), geometry_run.run(ctx, previous)
+
+
+def test_two_geometry_steps_after_nerf_and_neus(stage_chain, geometry_steps):
+  ctx = stage_chain.ctx
+  settings = _settings(ctx.cfg)
   grid = geometry.tet_grid(settings)
-  start = geometry.convert_from(previous.state, previous.settings, settings, None, grid)
-  start = jax.device_get(start)
-  out = geometry_run.run(ctx, previous)
+  start, out = geometry_steps
   assert isinstance(out.settings, geometry.Settings) and int(out.state.step) == 2
   assert int(out.state.skipped) == 0
   rows = [json.loads(line) for line in
@@ -161,7 +174,7 @@ def test_two_geometry_steps_after_nerf_and_neus(stage_chain):
     assert m["mesh_overflow"] == 0 and m["raster_overflow/guidance"] == 0
   assert rgb_m["raster_overflow/ref"] == 0 and 20 <= rgb_m["sds_2d/t"] <= 500
   # The mesh terms count once per substep, as the reference: 2x the start mesh's value.
-  v, f = geometry.extract_mesh(start, settings, grid)
+  v, f = geometry.extract_mesh(start, settings, grid=grid)
   nc = float(mesh_ops.mesh_normal_consistency(jnp.asarray(v), jnp.asarray(f)))
   assert rgb_m["loss/normal_consistency"] == pytest.approx(2 * nc, rel=1e-5)
   assert rgb_m["mesh_faces"] == f.shape[0] > 1000
@@ -171,11 +184,40 @@ def test_two_geometry_steps_after_nerf_and_neus(stage_chain):
                                    start.params[name])
     assert all(v > 0 for v in jax.tree_util.tree_leaves(moved)), name
   # The hand-off's mesh and albedo (what export reads).
-  v, f = geometry.extract_mesh(out.state, out.settings, grid)
+  v, f = geometry.extract_mesh(out.state, out.settings, grid=grid)
   box = np.asarray(out.state.buffers["bbox"])
   assert f.shape[0] > 1000 and np.all(v >= box[0] - 1e-6) and np.all(v <= box[1] + 1e-6)
   albedo = geometry.albedo_fn(out.state, out.settings)(v[:100])
   assert albedo.shape == (100, 3) and np.all((albedo > 0) & (albedo < 1))
+  # Each vertex stays within (1/N)·(box extent) of its lattice position (reference: tanh(δ)/N
+  # in the unit cube), however far δ moved.
+  lattice = grid.vertices * (box[1] - box[0]) + box[0]
+  moved = np.abs(tets.deformed_vertices(grid, end["deformation"], box) - lattice)
+  assert np.all(moved <= (box[1] - box[0]) / grid.resolution + 1e-6) and moved.max() > 0
+
+
+def test_geometry_from_a_finished_neus_work_dir_equals_the_in_process_hand_off(
+    stage_chain, geometry_steps, tmp_path):
+  """A run of stages=("geometry",) whose geometry.init_from is the chain's work dir (where
+  NeuS finished) ends with the in-process hand-off's parameters bit for bit, leaves the
+  turntable, the exported DMTet mesh and the metrics; re-running it is reported complete."""
+  cfg = stage_chain.ctx.cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.workdir, cfg.stages = str(tmp_path / "run"), ("geometry",)
+    cfg.geometry.init_from = str(stage_chain.ctx.workdir)
+  results = pipeline.run(cfg, progress=False)
+  assert results["stage"] == geometry.NAME and results["steps"] == 2
+  run = tmp_path / "run"
+  assert not (run / neus.NAME).exists()
+  for rel in ("geometry/turntable.mp4", "export/model.glb", "export/model.obj"):
+    assert (run / rel).is_file(), rel
+  assert np.isfinite(results["chamfer"]) and results["export"]["faces"] > 1000
+  settings = _settings(cfg)
+  store = CheckpointStore(run / geometry.NAME / "checkpoints")
+  loaded = store.restore(2, geometry.init_state(settings, jax.random.key(0)))
+  store.close()
+  assert _identical(loaded.params, geometry_steps[1].state.params)
+  assert pipeline.run(cfg, progress=False) == results        # complete: nothing redone
 
 
 def test_kept_frac_reports_a_mesh_over_its_budget():
