@@ -19,6 +19,31 @@ def test_coarse_nerf_step_benchmark_writes_json(tmp_path):
   assert record["host_peak_rss_bytes"] > 0
 
 
+def test_neus_step_benchmark_writes_json(tmp_path):
+  out = tmp_path / "neus.json"
+  coarse_nerf_step.main([
+      "--stage", "coarse_neus", "--out", str(out), "--config", "configs.demo", "--res", "16",
+      "--warmup", "1", "--repeats", "1", "--set", "coarse_nerf.field.grid.log2_table_size=10"])
+  saved = json.loads(out.read_text())
+  assert saved["benchmark"] == "coarse_neus_step" and saved["resolution"] == 16
+  for part in ("ref", "guidance"):
+    assert saved[part]["median_s"] > 0 and 0.0 < saved[part]["kept_frac"] <= 1.0
+
+
+def test_geometry_step_benchmark_writes_json(tmp_path):
+  from benchmarks import geometry_step
+  out = tmp_path / "geometry.json"
+  geometry_step.main(["--out", str(out), "--config", "configs.demo", "--res", "16",
+                      "--warmup", "1", "--repeats", "1", "--variants", "rgb",  # one compile
+                      "--set", "geometry.tets.resolution=8",
+                      "--set", "coarse_nerf.field.grid.log2_table_size=10"])
+  saved = json.loads(out.read_text())
+  assert saved["tet_resolution"] == 8 and saved["resolution"] == 16 and "normal" not in saved
+  row = saved["rgb"]
+  assert row["median_s"] > 0 and row["cpu_s_per_call"] > 0 and row["mesh_faces"] > 0
+  assert row["mesh_overflow"] == 0 and row["raster_overflow"] == 0
+
+
 def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
   tiny_unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                    block_out_channels=(32, 64), attention_head_dim=8, cross_attention_dim=32,
