@@ -1,9 +1,12 @@
-"""CPU-sized demo: the coarse NeRF recovers the built-in ground-truth toy from its reference
-view through the oracle prior. No weights needed; about 10 minutes on a 2-core CPU.
+"""CPU-sized demo: coarse NeRF -> NeuS -> DMTet recover the built-in ground-truth toy from its
+reference view through the oracle prior, and the DMTet mesh is exported (GLB, OBJ) and scored
+(chamfer, fscore in metrics.json). No weights needed. configs/oracle.py is the same run under
+its own name (the plumbing check; what the oracle proves is said there).
 
 Run:
   python -m experiments.run --config=configs/demo.py
-Outputs land in outputs/demo/ (metrics.json, coarse_nerf/turntable.mp4, samples, checkpoints).
+Outputs land in outputs/demo/ (metrics.json, export/model.glb and .obj, a turntable per stage,
+samples, checkpoints).
 
 It is configs/dreamcraft3d.py with these changes, all for CPU time:
   - fewer steps, with every step-based schedule scaled by the same factor 2000/5000: band
@@ -20,11 +23,29 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
   - evaluation at 128² with a 60-frame turntable.
 The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
 the whole stage as in the reference, the same render step, budgets and transmittance pruning;
-orient stays on: NeuS needs the normals for its alpha anyway). The geometry section likewise:
-GEOMETRY_STEPS steps at 128² instead of 5000 at 1024², a 64 tet grid (32 cells across the
-fitted box) instead of 128 with budgets to match, the normal-consistency ramp scaled to the
-stage's length, no albedo chunking. The demo runs only coarse_nerf until `stages` lists the
-others.
+orient stays on: NeuS needs the normals for its alpha anyway). The geometry section:
+GEOMETRY_STEPS steps at 128² instead of 5000 at 1024² (a 1024² step is minutes on this CPU,
+benchmarks/RESULTS.md), a 64 tet grid (32 cells across the fitted box) instead of 128 with
+budgets to match (the toy's mesh has ~20k faces there), the normal-consistency ramp scaled to
+the stage's length (10 until step 40, to 1 at step 80), no albedo chunking or recomputation.
+
+Stage times at these settings, measured 2026-12-01 by running each stage alone with few steps
+(--config.stages=<stage> --config.<stage>.train.steps=N, each from the previous one's work dir
+through init_from) on the 2-core machine while other sessions loaded it (load average 8-10):
+  stage         per step   first step (compile)   turntable + export + evaluation (as last)
+  coarse_nerf   0.40 s     ~26 s                   140 s
+  coarse_neus   0.87 s     ~34 s                   160 s
+  geometry      1.6 s      ~64 s                   150 s
+The same NeRF step takes 0.136 s on a quiet machine (benchmarks/RESULTS.md), so these are
+~2.9x a quiet machine's. Extrapolated: 800 + 260 + 320 s of steps, ~120 s of compiles, two
+turntables and the final evaluation: ~28 min under that load, ~10 min on a quiet machine.
+The whole demo then ran (same day, python -m experiments.run --config=configs/demo.py, load
+average 5-10, part of it this task's own benchmarks): 27 min 10 s (NeRF 15 min, NeuS 4 min,
+DMTet 3.5 min, turntables and evaluation the rest), Chamfer 0.0075 of the GT diagonal,
+F-score 0.936 at 2% and 0.981 at 5%, novel-view PSNR 24.6 dB, mask IoU 0.962
+(benchmarks/results/demo_three_stages_metrics_cpu.json). The NeRF-only demo took 6-7 min on a
+quiet machine (RESULTS.md), so the three stages should take ~10 min there; under heavy sharing
+they exceed 20 min.
 """
 
 from configs import dreamcraft3d
@@ -32,11 +53,11 @@ from configs import dreamcraft3d
 STEPS = 2000
 SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
 # A NeuS step costs what a NeRF step with normals costs (3 extra field queries per sample for
-# the SDF gradient): ~7x the demo's NeRF step (benchmarks/RESULTS.md). Size this when the demo
-# chains coarse_neus.
-NEUS_STEPS = 500
-# Size this when the demo chains geometry (benchmarks/RESULTS.md has the demo step's time).
-GEOMETRY_STEPS = 300
+# the SDF gradient): ~2x the demo's NeRF step here (the docstring's table). 300 steps keep the
+# three stages within 20 minutes.
+NEUS_STEPS = 300
+# A DMTet step at 128² costs ~4x the demo's NeRF step (two rasterized views and the mesh).
+GEOMETRY_STEPS = 200
 
 
 def at(step: int) -> int:
@@ -66,6 +87,7 @@ def _shrink_geometry(g) -> None:
 def get_config(arg: str | None = None):
   c = dreamcraft3d.base_config()
   c.workdir = "outputs/demo"
+  c.stages = ("coarse_nerf", "coarse_neus", "geometry")
   # The embedded default: the oracle prior knows the built-in toy; no weights needed.
   c.guidance.prior_2d, c.guidance.prior_3d = "oracle", "none"
   c.data.image_size = 256
