@@ -54,7 +54,7 @@ def guidance_config() -> ml_collections.ConfigDict:
   # DEVIATION: the reference's 2D prior is DeepFloyd IF-I-XL (pixel space, 64², CFG 20).
   # Until IF is ported to JAX, Stable Diffusion 2.1-base stands in (latents of 512² renders).
   c.prior_2d = "sd"           # "sd" | "oracle" | "none"
-  c.prior_3d = "zero123"      # "zero123" | "oracle" | "none"
+  c.prior_3d = "zero123"      # "zero123" | "testbed" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
   # priors in bf16 on a GPU (DESIGN.md). "fp32" gives the reference's Zero123 numerics.
   c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
@@ -72,6 +72,10 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.zero123_variant = "stable"    # "stable" (Stable-Zero123) | "xl": the 4th pose entry
   c.zero123_guidance_scale = 5.0
   c.zero123_render_size = 256
+  # The testbed prior (issue 10): a small Zero123-style pixel model trained in-project on
+  # ground-truth meshes (experiments/train_prior.py); relative paths fall back to the repo.
+  c.testbed_model = "weights/testbed_prior.safetensors"
+  c.testbed_guidance_scale = 3.0
   c.oracle_object = "primitives"
   c.oracle_resolution = 64    # pixel-space, like DeepFloyd IF stage I's 64²
   return c

@@ -101,6 +101,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     print(fetch_u2netp(args.dest))
+    from assets_testbed import fetch_testbed  # scripts/ is on sys.path when run as a script
+    print(fetch_testbed(args.dest))
   except FetchError as err:
     print(f"fetch_assets: {err}", file=sys.stderr)
     return 1
