@@ -73,6 +73,7 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   from dc3d_jax.testbed import training
 
   run_dir = Path(cfg.run_dir)
+  writers.save_json(run_dir / "config.json", cfg.to_dict())
   settings = training.Settings.from_config(cfg)
   if settings.arch.resolution != cfg.data.resolution:
     raise ValueError(f"config model.resolution={settings.arch.resolution} must equal "
