@@ -41,13 +41,17 @@ def test_relative_pose_matches_hand_computed_values():
 def test_ddim_returns_the_known_clean_image_under_an_exact_denoiser():
   alphas = testbed.alphas_cumprod()
   x0 = jnp.linspace(-0.9, 0.9, 2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
-
-  def eps(x_t, t):    # the exact ε of x_t when the data is the single image x0
-    a = jnp.asarray(alphas)[t][:, None, None, None]
-    return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
-
-  out = ddim.sample(eps, jax.random.normal(jax.random.key(0), x0.shape), alphas, 10)
-  np.testing.assert_allclose(out, x0, atol=1e-4)
+  a_of = lambda t: jnp.asarray(alphas)[t][:, None, None, None]
+  # The exact ε and v of x_t when the data is the single image x0 (v = √ᾱ ε − √(1−ᾱ) x0).
+  eps = lambda x_t, t: (x_t - jnp.sqrt(a_of(t)) * x0) / jnp.sqrt(1.0 - a_of(t))
+  v = lambda x_t, t: jnp.sqrt(a_of(t)) * eps(x_t, t) - jnp.sqrt(1.0 - a_of(t)) * x0
+  noise = jax.random.normal(jax.random.key(0), x0.shape)
+  out_v = ddim.sample(ddim.v_denoiser(v, alphas), noise, alphas, 10)
+  np.testing.assert_allclose(out_v, x0, atol=1e-4)
+  # ε-prediction at t = 999 (ᾱ = 2.4e-9) divides by √ᾱ; it still works with an exact ε
+  # after clipping x̂_0, but only to a looser tolerance.
+  out_eps = ddim.sample(ddim.eps_denoiser(eps, alphas), noise, alphas, 10)
+  np.testing.assert_allclose(out_eps, x0, atol=1e-2)
   np.testing.assert_array_equal(ddim.timesteps(4, 1000), [999, 749, 499, 249])
 
 
@@ -79,14 +83,21 @@ def test_prior_protocol_cfg_and_one_sds_step():
     eps_c = testbed.apply(params["unet"], x_t, t, cond, TINY)
     eps_u = testbed.apply(params["unet"], x_t, t, testbed.null_conditioning(cond), TINY)
     guided = prior.predict_noise(params, x_t, t, cond)
+    # ε̂ = √(1−ᾱ) x_t + √ᾱ v̂ of the network's v̂.
+    a = jnp.asarray(prior.alphas_cumprod())[t][:, None, None, None]
+    v_c = testbed.apply_v(params["unet"], x_t, t, cond, TINY)
+    eps_from_v = jnp.sqrt(1.0 - a) * x_t + jnp.sqrt(a) * v_c
     loss_fn = lambda r: guidance.loss(params, r, cams, 0, jax.random.key(4))[0]
-    return x, cond, eps_c, eps_u, guided, jax.value_and_grad(loss_fn)(renders)
+    return x, cond, eps_c, eps_u, guided, eps_from_v, jax.value_and_grad(loss_fn)(renders)
 
-  x, cond, eps_c, eps_u, guided, (loss, grad) = everything(params, renders)
+  results = everything(params, renders)
+  x, cond = results[:2]
   assert x.shape == (2, 16, 16, 3) and np.allclose(x, 0.0)     # 0.5 grey -> 0 in [-1, 1]
   assert cond["ref"].shape == (2, 16, 16, 3) and cond["pose"].shape == (2, 4)
   np.testing.assert_allclose(cond["pose"], testbed.relative_pose(cams.elevation_deg,
                                                                  cams.azimuth_deg), atol=1e-6)
+  x, cond, eps_c, eps_u, guided, eps_from_v, (loss, grad) = results
+  np.testing.assert_allclose(eps_c, eps_from_v, atol=1e-6)
   assert float(jnp.abs(eps_c - eps_u).max()) > 1e-3
   np.testing.assert_allclose(guided, eps_u + 3.0 * (eps_c - eps_u), atol=1e-5)
   assert np.isfinite(float(loss)) and grad.shape == renders.shape

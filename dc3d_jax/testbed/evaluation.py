@@ -28,8 +28,9 @@ from dc3d_jax.testbed import albedo
 @functools.partial(jax.jit, static_argnames=("arch", "ddim_steps", "guidance_scale"))
 def _sample(params, ref, pose, noise, *, arch, ddim_steps, guidance_scale):
   cond = testbed.conditioning(ref, pose)
-  eps = lambda x, t: testbed.guided_noise(params, x, t, cond, guidance_scale, arch)
-  return ddim.sample(eps, noise, testbed.alphas_cumprod(), ddim_steps)
+  v = lambda x, t: testbed.guided_v(params, x, t, cond, guidance_scale, arch)
+  alphas = testbed.alphas_cumprod()
+  return ddim.sample(ddim.v_denoiser(v, alphas), noise, alphas, ddim_steps)
 
 
 def sample_views(params, arch, ref, pose, key, *, ddim_steps: int, guidance_scale: float,

@@ -1,8 +1,9 @@
-"""Training the testbed prior: ε-prediction on (reference, relative camera, target) triples.
+"""Training the testbed prior: v-prediction on (reference, relative camera, target) triples.
 
 Per step, B pairs are drawn uniformly: a placement i of a training object and one of its
-views k (k = 0 is the reference view itself, T = [0, 0, 1, θ_ref]). Loss ‖ε̂ − ε‖² (mean)
-with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, t ~ U{0..T−1}, cosine schedule (priors/testbed.py). With
+views k (k = 0 is the reference view itself, T = [0, 0, 1, θ_ref]). Loss ‖v̂ − v‖² (mean),
+v = √ᾱ_t ε − √(1−ᾱ_t) x_0, with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, t ~ U{0..T−1}, cosine schedule
+(priors/testbed.py says why v and not ε). With
 probability `cond_drop` a pair's conditioning (reference image and T together) is zeroed,
 which trains the unconditional branch for classifier-free guidance (Zero123 and Stable-
 Zero123 train CFG the same way). AdamW with linear warm-up then cosine decay, global-norm
@@ -113,8 +114,8 @@ def sample_batch(data: dict, key, batch_size: int):
 def _loss(flat, x0, cond, t, noise, arch):
   a = jnp.asarray(testbed.alphas_cumprod())[t][:, None, None, None]
   x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
-  eps = testbed.apply(params_tree(flat, arch), x_t, t, cond, arch)
-  return jnp.mean((eps - noise) ** 2)
+  v = jnp.sqrt(a) * noise - jnp.sqrt(1.0 - a) * x0
+  return jnp.mean((testbed.apply_v(params_tree(flat, arch), x_t, t, cond, arch) - v) ** 2)
 
 
 @functools.partial(jax.jit, static_argnames=("settings",), donate_argnums=(0,))
