@@ -6,8 +6,10 @@ Run:
 Outputs land in outputs/demo/ (metrics.json, coarse_nerf/turntable.mp4, samples, checkpoints).
 
 It is configs/dreamcraft3d.py with these changes, all for CPU time:
-  - fewer steps, with every step-based schedule (band growth, loss-weight changes) scaled by
-    the same factor; one training resolution (64²) instead of 128² then 384²;
+  - fewer steps, with every step-based schedule scaled by the same factor 2000/5000: band
+    growth, loss-weight changes, timestep annealing (over 80 steps instead of 200) and the
+    progressive view range (progressive_until 80 instead of 200); one training resolution
+    (64²) instead of 128² then 384²;
   - a smaller hash grid (12 levels, 2^16 entries, finest level 512);
   - a coarser render step (192 steps across the box diagonal instead of 512), tight sample
     budgets, and transmittance pruning of samples hidden behind the surface;
@@ -16,16 +18,34 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
     CPU), and the oracle's views constrain this object without them;
   - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
+The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
+the whole stage as in the reference, the same render step, budgets and transmittance pruning;
+orient stays on: NeuS needs the normals for its alpha anyway). The demo runs only coarse_nerf
+until `stages` lists coarse_neus.
 """
 
 from configs import dreamcraft3d
 
 STEPS = 2000
 SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
+# A NeuS step costs what a NeRF step with normals costs (3 extra field queries per sample for
+# the SDF gradient): ~7x the demo's NeRF step (benchmarks/RESULTS.md). Size this when the demo
+# chains coarse_neus.
+NEUS_STEPS = 500
 
 
 def at(step: int) -> int:
   return int(round(step * SCALE))
+
+
+def _shrink_neus(n) -> None:
+  n.train.update(steps=NEUS_STEPS, resolutions=(64,), resolution_milestones=(), log_every=20,
+                 checkpoint_every=200, sample_every=250)
+  # The pre-pass sees the whole occupied interior of the initial sphere (its simplified alpha
+  # is ~0.5 there): 16 per ray cut 45% of the candidates at the start, 32 cuts none.
+  n.render.update(num_steps_diagonal=192, samples_per_ray=8.0, prepass_samples_per_ray=32.0,
+                  transmittance_threshold=1e-3, field_chunk=0, remat=False,
+                  cos_anneal_end=NEUS_STEPS)
 
 
 def get_config(arg: str | None = None):
@@ -44,9 +64,16 @@ def get_config(arg: str | None = None):
   for name in ("sparsity", "opaque"):
     s0, v0, v1, _ = n.loss[name]
     n.loss[name] = dreamcraft3d.step_change(v0, v1, at=at(s0))
+  for slot in ("sds_2d", "sds_3d"):        # timestep annealing (0, v0, v1, 200) -> 80 steps
+    for name in ("t_min", "t_max"):
+      s0, v0, v1, s1 = n.guidance[slot][name]
+      n.guidance[slot][name] = (at(s0), v0, v1, at(s1))
+  n.views.progressive_until = at(n.views.progressive_until)
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
-  c.eval.update(resolution=128, turntable_views=60)
+  _shrink_neus(c.coarse_neus)
+  c.eval.update(resolution=128, orbit_views=60)
+  c.export.update(mesh_resolution=128, texture_size=512)
   if arg:
     raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
   c.lock()

@@ -32,6 +32,8 @@ def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.image = ""              # RGBA reference image; empty: render the oracle's object
   c.depth = ""              # optional depth map (grey PNG) for the depth_rel loss
+  c.depth_kind = "depth"    # "depth": near = dark (the reference's Omnidata maps);
+                            # "disparity": near = bright (MiDaS-style), flipped on load
   c.remove_background = False
   c.recenter = True         # tight crop resized to `fill` of the canvas (preprocess --recenter)
   c.fill = 0.9
@@ -42,7 +44,12 @@ def data_config() -> ml_collections.ConfigDict:
   c.fovy_deg = 20.0         # Zero123's fixed field of view
   c.elevation_range_deg = (-10.0, 45.0)
   c.azimuth_range_deg = (-180.0, 180.0)
-  c.batch_size = 0          # random views per step over all devices; 0 = one per device
+  # Random views per step over all devices; 0 = one per device. The published results used
+  # 8 GPUs x 1 view = 8 views per step (gradients averaged, reference §9): on one device,
+  # batch_size=8 gives that effective batch (the SDS loss is the mean over the 8 views).
+  c.batch_size = 0
+  # Reference-view rays get one N(0, s²) offset of origin and direction per resolution.
+  c.rays_noise_scale = 2e-3
   return c
 
 
@@ -56,11 +63,15 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.prior_2d = "sd"           # "sd" | "oracle" | "none"
   c.prior_3d = "zero123"      # "zero123" | "testbed" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
-  # priors in bf16 on a GPU (DESIGN.md). "fp32" gives the reference's Zero123 numerics.
+  # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32": the reference's Zero123 numerics.
   c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
   c.sd_model = "stabilityai/stable-diffusion-2-1-base"  # diffusers folder or cached model id
   # threestudio's SDS configs for SD use CFG 100; IF's 20 is too weak for SD's latents.
   c.sd_guidance_scale = 100.0
+  # DEVIATION: the t ranges below are IF's. "snr_matched_if" queries SD at the step whose
+  # ᾱ_SD equals ᾱ_IF of the drawn IF step (t = 500 -> t' = 359; docs/ARCHITECTURE.md has the
+  # table); "if_fractions" at the same step, where SD's input is far noisier (§10).
+  c.sd_t_schedule = "snr_matched_if"
   c.sd_perp_neg = True        # on in every IF stage of the reference
   c.sd_render_size = 512      # renders are resized to this before the VAE
   c.negative_prompt = ""
@@ -138,14 +149,77 @@ def coarse_nerf_config() -> ml_collections.ConfigDict:
   return c
 
 
-def eval_config() -> ml_collections.ConfigDict:
+def coarse_neus_config() -> ml_collections.ConfigDict:
+  """Stage 1b (reference §1b, §3 NeuS column, §10). The hash grid, box radius and occupancy
+  resolution are coarse_nerf's: the warm start carries the table and the grid over."""
   c = ml_collections.ConfigDict()
-  c.resolution = 512
-  c.turntable_views = 120   # reference test pass: 120 views, 30 fps
+  # Where the coarse NeRF's final state is read when coarse_nerf is not in this run's stages:
+  # empty = this work dir; or the work dir of a run whose coarse_nerf stage finished.
+  c.init_from = ""
+  c.train = ml_collections.ConfigDict(dict(
+      steps=5000,
+      # 256² reference and random views (DC). DS's NeuS config trains at 128² (eval 256²), and
+      # the reference README suggests 128² to save memory.
+      resolutions=(256,), resolution_milestones=(),
+      substeps="alternate",              # even steps: reference view; odd: guidance
+      log_every=10, checkpoint_every=500, sample_every=200, keep_checkpoints=2))
+  c.views = ml_collections.ConfigDict(dict(progressive_until=0))   # full range from step 1
+  c.field = ml_collections.ConfigDict(dict(
+      hidden=64,
+      sphere_radius=0.5,        # f = MLP(h) + (|x| - 0.5)
+      variance_init=0.3))       # inv_std = exp(10·v) ≈ 20 at the start
+  c.render = ml_collections.ConfigDict(dict(
+      num_steps_diagonal=512, stratified=True,
+      # Static sample budgets per ray. The pre-pass prunes by NeuS's simplified alpha < 0.01,
+      # which is ~1 everywhere inside the surface, so the whole interior is kept (as in the
+      # reference): more live samples than NeRF's. At the start (the radius-0.5 sphere, 256²)
+      # 49 per ray are live (benchmarks/results/coarse_neus_step_256_cpu.json).
+      prepass_samples_per_ray=128.0, samples_per_ray=64.0,
+      alpha_threshold=0.01, transmittance_threshold=0.0,
+      field_chunk=2**18, remat=True,
+      occupancy_threshold=0.01, occupancy_decay=0.95, occupancy_every=16,
+      cos_anneal_end=5000))     # cosine-anneal ratio = min(1, step / 5000)
+  c.guidance = ml_collections.ConfigDict(dict(
+      sds_2d=dict(t_min=const(0.2), t_max=const(0.5)),
+      sds_3d=dict(t_min=const(0.2), t_max=const(0.5))))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=dict(hash_table=0.01, sdf_mlp=1e-3, feature_mlp=1e-3, variance=1e-3),
+      b1=0.9, b2=0.99, eps=1e-15))
+  c.loss = ml_collections.ConfigDict(dict(
+      rgb=const(1000), mask=const(100), depth_rel=const(0.05), sds_2d=const(0.1),
+      sds_3d=const(0.1), normal_smooth_2d=const(0), normal_smooth_3d=const(0),
+      orient=const(10), sparsity=const(0.1), opaque=const(0.1), eikonal=const(0)))
+  return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """The evaluation protocol (eval/protocol.py; ../shared/reference/evaluation.md)."""
+  c = ml_collections.ConfigDict()
+  c.resolution = 512        # render size of the turntables and the metrics
+  c.orbit_views = 120       # reference test pass: 120 views at the reference elevation, 30 fps
   c.fps = 30
-  c.novel_azimuths_deg = (45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
-  c.novel_elevations_deg = (0.0, 30.0)
+  c.novel_stride = 1        # score every s-th orbit view against the ground truth
+  c.high_elevation_deg = 30.0   # and these views, which see the top of the object
+  c.high_azimuths_deg = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
+  c.fscore_thresholds = (0.01, 0.02, 0.05)   # fractions of the GT bounding-box diagonal
+  c.geometry_points = 100_000
+  c.volume_resolution = 64
+  c.lpips = True            # LPIPS-AlexNet (weights fetched by `make assets`)
+  c.clip_model = ""         # CLIP folder for clip_similarity (none ship here)
+  c.vgg19_weights = ""      # VGG19 state dict for the contextual distance (none ship here)
   c.chunk_rays = 8192
+  return c
+
+
+def export_config() -> ml_collections.ConfigDict:
+  """The last stage's asset (export/): reference §5 and §10 "Export"."""
+  c = ml_collections.ConfigDict()
+  c.enabled = True
+  c.mesh_resolution = 256   # marching-cubes grid of the volume stages (NeRF, NeuS)
+  c.texture_size = 1024     # the reference bakes at 1024²
+  # Remove connected components with fewer faces than this fraction of the largest (the
+  # reference's texture stage: 0.01; its geometry export keeps floaters: 0).
+  c.min_component_fraction = 0.0
   return c
 
 
@@ -159,7 +233,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.guidance = guidance_config()
   c.stage0 = stage0_config()
   c.coarse_nerf = coarse_nerf_config()
+  c.coarse_neus = coarse_neus_config()
   c.eval = eval_config()
+  c.export = export_config()
   return c
 
 
@@ -174,10 +250,15 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.coarse_nerf.field.grid.log2_table_size = 12
   c.coarse_nerf.field.band_start_step, c.coarse_nerf.field.band_update_steps = 2, 1
   c.coarse_nerf.render.num_steps_diagonal = 96
+  neus = c.coarse_neus
+  neus.train.update(steps=4, resolutions=(32,), log_every=1, checkpoint_every=2, sample_every=2)
+  neus.render.update(num_steps_diagonal=96, cos_anneal_end=4)
   c.guidance.oracle_resolution = 32
   c.guidance.sd_render_size, c.guidance.zero123_render_size = 64, 64
   c.stage0.steps, c.stage0.size = 2, 64
-  c.eval.resolution, c.eval.turntable_views, c.eval.chunk_rays = 32, 8, 1024
+  c.eval.update(resolution=32, orbit_views=8, chunk_rays=1024, geometry_points=5000,
+                volume_resolution=24, high_azimuths_deg=(0.0, 180.0))
+  c.export.update(mesh_resolution=48, texture_size=128)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -72,17 +72,33 @@ def orbit_cameras(n_views: int, views, height: int, width: int,
   return make_camera(elev, azimuth, views.ref_distance, views.fovy_deg, height, width)
 
 
-def camera_rays(camera: Camera) -> Rays:
-  """Rays through pixel centres. Camera batch [...] -> Rays [..., H, W, 3]."""
+def camera_rays(camera: Camera, jitter: jax.Array | None = None) -> Rays:
+  """Rays through pixel centres. Camera batch [...] -> Rays [..., H, W, 3].
+
+  jitter: optional [2, 3] world-space offsets (origin, direction) added to every ray of the
+  image, the direction's to the unnormalised pixel direction R·(x/f, -y/f, -1) before it is
+  normalised: the reference view's `rays_noise_scale` (threestudio get_rays(noise_scale)).
+  """
   h, w = camera.height, camera.width
   j, i = jnp.meshgrid(jnp.arange(w) + 0.5, jnp.arange(h) + 0.5, indexing="xy")
   focal = camera.focal[..., None, None]
   dirs_cam = jnp.stack(jnp.broadcast_arrays((j - 0.5 * w) / focal, -(i - 0.5 * h) / focal,
                                             -jnp.ones_like(focal)), axis=-1)
   rot = camera.c2w[..., None, None, :3, :3]
-  directions = numerics.safe_normalize(jnp.sum(rot * dirs_cam[..., None, :], axis=-1))
+  directions = jnp.sum(rot * dirs_cam[..., None, :], axis=-1)
   origins = jnp.broadcast_to(camera.position[..., None, None, :], directions.shape)
-  return Rays(origins=origins, directions=directions)
+  if jitter is not None:
+    origins, directions = origins + jitter[0], directions + jitter[1]
+  return Rays(origins=origins, directions=numerics.safe_normalize(directions))
+
+
+def reference_ray_jitter(key: jax.Array, scale: float) -> jax.Array:
+  """[2, 3] (origin, direction) offsets ~ N(0, scale²), one draw for the whole image.
+
+  The reference draws them when the reference view's rays are built, at start-up and at each
+  resolution change, so within a resolution they are a fixed offset: key them by resolution.
+  """
+  return scale * jax.random.normal(key, (2, 3))
 
 
 def projection_matrix(camera: Camera, near: float, far: float) -> jax.Array:

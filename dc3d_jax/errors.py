@@ -46,3 +46,8 @@ class ResumeError(Dc3dError, RuntimeError):
 class NonFiniteError(Dc3dError, FloatingPointError):
   """Training produced NaN/Inf; the message says where and what to try."""
   exit_code = 3
+
+
+class Interrupted(Dc3dError):
+  """The user stopped the run (Ctrl-C); the message says where and how to resume."""
+  exit_code = 130   # 128 + SIGINT, as shells report it

@@ -62,3 +62,8 @@ def sparsity(opacity: jax.Array) -> jax.Array:
 def opaque(opacity: jax.Array) -> jax.Array:
   """Binary entropy of the opacity, pushing it to 0 or 1."""
   return jnp.mean(numerics.binary_entropy(opacity, eps=1e-3))
+
+
+def eikonal(sdf_grad: jax.Array, live: jax.Array) -> jax.Array:
+  """Mean (|∇f| - 1)² over live samples: an SDF has unit gradient."""
+  return _masked_mean((numerics.safe_norm(sdf_grad) - 1.0) ** 2, live)

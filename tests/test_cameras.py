@@ -1,4 +1,4 @@
-"""Cameras: spherical round trips, the DESIGN.md frame, pixel-centre rays, projection, sampling."""
+"""Cameras: spherical round trips, the frame of docs/ARCHITECTURE.md, pixel-centre rays, projection, sampling."""
 
 import dataclasses
 
@@ -286,3 +286,37 @@ def test_camera_straight_above_or_below_is_a_rotation(elevation):
   np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-5)
   assert np.linalg.det(rot) == pytest.approx(1.0, abs=1e-5)
   np.testing.assert_allclose(rot[:, 2], np.sign(elevation) * np.array([0, 0, 1.0]), atol=1e-5)
+
+
+def test_jittered_rays_offset_origin_and_unnormalised_direction():
+  """threestudio's get_rays(noise_scale): o + n_o for every ray, normalise(R·(x/f, -y/f, -1)
+  + n_d), with one (n_o, n_d) for the whole image; here written per pixel in NumPy."""
+  h, w, fovy = 5, 7, 20.0
+  cam = _make_camera(10.0, 30.0, 3.8, fovy, h, w)
+  jitter = np.array([[0.01, -0.02, 0.03], [0.05, 0.0, -0.04]], np.float32)
+  rays = jax.jit(cameras.camera_rays)(cam, jnp.asarray(jitter))
+  c2w = np.asarray(cam.c2w, np.float64)
+  focal = 0.5 * h / np.tan(np.deg2rad(fovy) / 2)
+  for row in range(h):
+    for col in range(w):
+      d_cam = np.array([(col + 0.5 - w / 2) / focal, -(row + 0.5 - h / 2) / focal, -1.0])
+      d = c2w[:3, :3] @ d_cam + jitter[1]
+      np.testing.assert_allclose(rays.directions[row, col], d / np.linalg.norm(d), atol=1e-6)
+      np.testing.assert_allclose(rays.origins[row, col], c2w[:3, 3] + jitter[0], atol=1e-6)
+
+
+def test_reference_ray_jitter_is_fixed_per_resolution():
+  from dc3d_jax.stages import coarse_nerf as cn
+  settings = dataclasses.make_dataclass(
+      "S", [("rays_noise_scale", float)])(2e-3)
+  root = jax.random.key(0)
+  at_128 = np.asarray(cn.ref_ray_jitter(root, 128, settings))
+  assert at_128.shape == (2, 3)
+  np.testing.assert_array_equal(np.asarray(cn.ref_ray_jitter(root, 128, settings)), at_128)
+  assert not np.allclose(np.asarray(cn.ref_ray_jitter(root, 384, settings)), at_128)
+  draws = np.stack([np.asarray(cn.ref_ray_jitter(jax.random.key(s), 128, settings))
+                    for s in range(100)])
+  assert abs(draws.std() / 2e-3 - 1.0) < 0.15 and abs(draws.mean()) < 4e-4   # N(0, scale²)
+  off = dataclasses.make_dataclass("S", [("rays_noise_scale", float)])(0.0)
+  assert cn.ref_ray_jitter(root, 128, off) is None
+  assert dreamcraft3d.get_config().data.rays_noise_scale == 2e-3     # the reference's value

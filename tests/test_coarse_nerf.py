@@ -1,12 +1,17 @@
 """The coarse-NeRF stage: a short run's numbers, no recompilation, weights, and the NaN stop."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dc3d_jax import cameras as cams
 from dc3d_jax import reference
 from dc3d_jax.core import devices, rng
+from dc3d_jax.eval import report
 from dc3d_jax.guidance import registry
 from dc3d_jax.priors import oracle
 from dc3d_jax.stages import coarse_nerf as cn
@@ -87,6 +92,75 @@ def test_reference_loss_falls_over_a_few_steps(stage):
   assert rgb[-1] < 0.5 * rgb[0]
 
 
+def test_truncated_evaluation_render_is_reported(stage):
+  """A render whose budget cuts samples says so: kept_frac < 1 from render_image, one warning
+  from the MonitoredRenderer the stage hands to the evaluator, the minimum in its metrics."""
+  _, settings, _, _, state, _ = stage
+  starved = dataclasses.replace(settings, volume=dataclasses.replace(
+      settings.volume, samples_per_ray=1.0, prepass_samples_per_ray=2.0))
+  camera = cams.make_camera(0.0, 0.0, 3.8, 20.0, 16, 16)
+  grid = state.buffers["occupancy"]
+  render = lambda s: jax.device_get(jax.jit(functools.partial(
+      cn.render_image, settings=s, chunk=64))(state.params, grid, camera, state.step))
+  full, cut = render(settings), render(starved)
+  assert cut["rgb"].shape == (16, 16, 3) and float(cut["kept_frac"]) < 0.5
+  assert float(full["kept_frac"]) > float(cut["kept_frac"])
+  fn = report.MonitoredRenderer(lambda c: cut, "test render", "raise the budget")
+  with pytest.warns(report.TruncatedRenderWarning, match="raise the budget"):
+    fn(camera)
+  fn(camera)   # warned once: a second truncated render adds to the count only
+  assert report.truncation_metrics(fn) == {
+      "eval_kept_frac_min": pytest.approx(float(cut["kept_frac"])),
+      "eval_truncated_renders": 2}
+  assert report.truncation_metrics(lambda c: cut) == {}
+
+
+def test_batch_of_8_on_one_device_is_the_mean_of_8_single_views(tiny_cfg):
+  """data.batch_size=8 on one device, the reference's effective batch (8 GPUs x 1 view): a
+  guidance step renders 8 distinct random views and its SDS loss is their mean. With the
+  oracle and a fixed t the per-view loss is ½ᾱ(1-ᾱ)‖x - x_gt‖² (the noise cancels), so it
+  is checked against 8 separate one-view renders and losses."""
+  with tiny_cfg.unlocked():
+    tiny_cfg.data.batch_size = 8
+    tiny_cfg.coarse_nerf.render.stratified = False       # renders independent of their key
+    for name in ("t_min", "t_max"):
+      tiny_cfg.coarse_nerf.guidance.sds_2d[name] = (0.5,)
+    for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):   # a smaller step
+      tiny_cfg.coarse_nerf.loss[name] = (0.0,)
+  par = devices.data_parallel()
+  guidance, prior_params = registry.build(tiny_cfg, cn.NAME)
+  batch = devices.views_per_step(tiny_cfg.data.batch_size, par.n_devices)
+  settings = cn.settings_from_config(tiny_cfg, guidance, batch, par.data)
+  step = 1001                 # full view range; 1001 % 16 != 0: no occupancy update
+  # Jitted: eager Flax init and camera sampling dispatch op by op (seconds on 2 cores).
+  state = jax.jit(functools.partial(cn.init_state, settings))(jax.random.key(0))
+  state = state.replace(step=jnp.int32(step))
+  root = rng.root_key(0)
+  ref = {"ref": {"rgb": jnp.zeros((16, 16, 3)), "mask": jnp.zeros((16, 16, 1))}}
+  step_fn = cn.compile_steps(settings, "alternate")[("guidance",)]
+  grid, params = state.buffers["occupancy"], state.params
+  _, metrics = step_fn(jax.tree_util.tree_map(jnp.copy, state), ref, prior_params, root)
+  views = jax.jit(lambda key: cams.random_cameras(key, step, 8, settings.views, 16, 16))(
+      rng.key_for(root, f"{cn.NAME}/views", step))
+  mask = cn.level_mask(settings, step)
+
+  @jax.jit
+  def one_view(camera):
+    images, _ = cn.render_views(params, grid, camera, jax.random.key(1), settings, mask,
+                                "none")
+    loss, _ = guidance["sds_2d"].loss(prior_params["sds_2d"], images["rgb"], camera, step,
+                                      jax.random.key(2))
+    return loss, images["rgb"][0]
+
+  losses, renders = zip(*(one_view(views[i:i + 1]) for i in range(8)))
+  angles = np.stack([np.asarray(views.elevation_deg), np.asarray(views.azimuth_deg)], -1)
+  assert len({tuple(np.round(a, 3)) for a in angles}) == 8              # 8 distinct views
+  assert min(float(jnp.abs(a - b).max()) for i, a in enumerate(renders)
+             for b in renders[i + 1:]) > 1e-3                           # 8 distinct renders
+  assert float(metrics["loss/sds_2d"]) > 0
+  np.testing.assert_allclose(float(metrics["loss/sds_2d"]), np.mean(losses), rtol=1e-5)
+
+
 def test_loss_weights_must_match_terms():
   weights = {n: (1.0,) for n in cn.LOSS_TERMS}
   assert common.check_loss_weights(weights, cn.LOSS_TERMS, "coarse_nerf") == weights
@@ -107,10 +181,15 @@ def test_zero_weights_skip_their_terms(tiny_cfg):
   assert not settings.active & {"orient", "normal_smooth_2d", "normal_smooth_3d", "depth_rel"}
 
 
-def test_nonfinite_loss_stops_with_a_clear_message(tiny_cfg):
-  from dc3d_jax import pipeline
+def test_nonfinite_loss_stops_with_a_clear_message(tiny_cfg, monkeypatch):
+  from dc3d_jax import errors, losses, pipeline
   from dc3d_jax.stages import loop
-  with tiny_cfg.unlocked():
+  with tiny_cfg.unlocked():   # a NaN weight is a config error, refused before anything runs
     tiny_cfg.coarse_nerf.loss.rgb = (float("nan"),)
+  with pytest.raises(errors.ConfigError, match="coarse_nerf.loss.rgb"):
+    pipeline.run(tiny_cfg, progress=False)
+  with tiny_cfg.unlocked():   # so the NaN the loop must stop on is made inside the step
+    tiny_cfg.coarse_nerf.loss.rgb = (1000.0,)
+  monkeypatch.setattr(losses, "rgb", lambda *args: jnp.float32(jnp.nan))
   with pytest.raises(loop.NonFiniteError, match=r"step 1: non-finite values in \['loss'"):
     pipeline.run(tiny_cfg, progress=False)

@@ -1,4 +1,13 @@
-"""Hash-grid encoding against a loop-by-loop NumPy brute force of tiny-cuda-nn's grid."""
+"""Hash-grid encoding against a loop-by-loop Python brute force of tiny-cuda-nn's grid.
+
+The brute force is written from tcnn's source (include/tiny-cuda-nn/encodings/grid.h), not
+from dc3d_jax: `GridEncodingTemplated`'s constructor gives each level
+params_in_level = min(next_multiple(res**3, 8), 2**log2_hashmap_size) rows, and `grid_index`
+accumulates the dense index x + y·res + z·res² while the stride fits, switches to the spatial
+hash when the level's size is smaller than res**3, and takes the index modulo the level's own
+size. The level scale is tcnn's float32 exp2f(l·log2 s)·b − 1 (dc3d_jax rounds b·s**l − 1
+from float64: the two differ by a few float32 ulps, inside the tolerance).
+"""
 
 import itertools
 import json
@@ -17,51 +26,76 @@ MASK32 = 0xFFFFFFFF
 PRIMES = (1, 2654435761, 805459861)
 
 # 4 levels of scales 3, 7, 15, 31 -> resolutions 4, 8, 16, 32 and res**3 = 64, 512, 4096,
-# 32768 against T = 1024: two dense levels, two hashed. Integer scales put the upper corner of
-# the top half-cell one past the last vertex (tcnn's aliasing), which the brute force mirrors.
+# 32768 against T = 1024: two dense levels (64 and 512 rows), two hashed. Integer scales put
+# the upper corner of the top half-cell one past the last vertex (tcnn's aliasing).
 SMALL = hash_grid.HashGridSpec(n_levels=4, n_features=2, log2_table_size=10,
                                base_resolution=4, per_level_scale=2.0)
-# Fractional scales, 3 features, a hashed coarsest level (16**3 > 2**8).
+# Fractional scales, 3 features; level 0 (res 5) is dense with 5**3 = 125 -> 128 rows, levels
+# 1 and 2 (res 9, 15) are hashed (729, 3375 > 2**8).
 ODD = hash_grid.HashGridSpec(n_levels=3, n_features=3, log2_table_size=8,
                              base_resolution=5, per_level_scale=1.7)
 
 
+def tcnn_levels(spec):
+  """[(scale, resolution, params_in_level)] per level, as tcnn's constructor computes them."""
+  out = []
+  for level in range(spec.n_levels):
+    log2_scale = np.float32(math.log2(spec.per_level_scale))
+    scale = float(np.float32(np.exp2(np.float32(level) * log2_scale))
+                  * np.float32(spec.base_resolution) - np.float32(1.0))
+    res = math.ceil(scale) + 1
+    params = min(-(-res**3 // 8) * 8, 2**spec.log2_table_size)   # next_multiple(res^3, 8)
+    out.append((scale, res, params))
+  return out
+
+
+def tcnn_grid_index(corner, hashmap_size: int, res: int) -> int:
+  """grid_index(): dense while the stride fits, else the xor hash; modulo the level size."""
+  stride, index = 1, 0
+  for dim in range(3):
+    if stride > hashmap_size:
+      break
+    index += corner[dim] * stride
+    stride *= res
+  if hashmap_size < stride:
+    index = 0
+    for dim in range(3):
+      index ^= (corner[dim] * PRIMES[dim]) & MASK32
+  return index % hashmap_size
+
+
 def brute_force_corners(x, spec):
-  """Yields (point, level, row, weight) for every corner of every level, one at a time."""
-  table_size = 2**spec.log2_table_size
+  """Yields (point, level, row, weight, raw) for every corner of every level, one at a time;
+  raw is the index before the modulo (dense levels only, else None)."""
+  levels = tcnn_levels(spec)
   for n, point in enumerate(np.asarray(x, np.float32)):
-    for level in range(spec.n_levels):
-      scale64 = spec.base_resolution * spec.per_level_scale**level - 1.0
-      res = math.ceil(scale64) + 1
-      # pos in float32, as the kernel computes it.
-      pos = [float(np.float32(p) * np.float32(scale64) + np.float32(0.5)) for p in point]
+    for level, (scale, res, size) in enumerate(levels):
+      # pos_fract in float32, as the kernel computes it.
+      pos = [float(np.float32(p) * np.float32(scale) + np.float32(0.5)) for p in point]
       cell = [math.floor(p) for p in pos]
       frac = [p - c for p, c in zip(pos, cell)]
       for bits in itertools.product((0, 1), repeat=3):
         c = [cell[d] + bits[d] for d in range(3)]
         weight = math.prod(frac[d] if bits[d] else 1.0 - frac[d] for d in range(3))
-        if res**3 <= table_size:
-          row = (c[0] + c[1] * res + c[2] * res * res) % table_size
-        else:
-          h = 0
-          for d in range(3):
-            h ^= (c[d] * PRIMES[d]) & MASK32
-          row = h % table_size
-        yield n, level, row, weight
+        raw = c[0] + c[1] * res + c[2] * res * res if res**3 <= size else None
+        yield n, level, tcnn_grid_index(c, size, res), weight, raw
 
 
 def brute_force_encode(table, x, spec):
   table = np.asarray(table, np.float64)
   out = np.zeros((len(x), spec.n_levels, spec.n_features))
-  for n, level, row, weight in brute_force_corners(x, spec):
+  for n, level, row, weight, _ in brute_force_corners(x, spec):
     out[n, level] += weight * table[level, row]
   return out.reshape(len(x), -1)
 
 
 def random_points(key, n):
-  """n points in [0, 1]^3: uniform, plus the corners 0 and 1 and the top half-cells."""
+  """n points in [0, 1]^3: uniform, plus the corners 0 and 1 and points in the top half-cell
+  of every level, where the upper corner index reaches res (0.995 > 1 - 0.5/scale for the
+  scales here, up to 31)."""
   x = jax.random.uniform(key, (n, 3))
-  edges = jnp.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5], [0.99, 0.97, 1.0]])
+  edges = jnp.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5], [0.99, 0.97, 1.0],
+                     [0.995, 0.995, 0.995], [0.3, 0.995, 0.999]])
   return jnp.concatenate([x, edges])
 
 
@@ -74,20 +108,27 @@ def random_table(key, spec):
   return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
 
 
-def test_small_spec_has_dense_and_hashed_levels():
-  res = SMALL.resolutions()
-  assert list(res) == [4, 8, 16, 32]
-  dense = res**3 <= SMALL.table_size
-  assert dense.any() and not dense.all()
-  np.testing.assert_array_equal(SMALL.dense_levels(), dense)
+@pytest.mark.parametrize("spec, sizes, dense", [
+    (SMALL, [64, 512, 1024, 1024], [True, True, False, False]),
+    (ODD, [128, 256, 256], [True, False, False])], ids=["small", "odd"])
+def test_level_sizes_and_kinds_are_tcnns(spec, sizes, dense):
+  assert [size for _, _, size in tcnn_levels(spec)] == sizes
+  np.testing.assert_array_equal(spec.level_sizes(), sizes)
+  np.testing.assert_array_equal(spec.dense_levels(), dense)
+  np.testing.assert_array_equal(spec.resolutions(), [r for _, r, _ in tcnn_levels(spec)])
 
 
 @pytest.mark.parametrize("spec", [SMALL, ODD], ids=["small", "odd"])
 def test_encode_matches_brute_force(spec):
   table = random_table(jax.random.key(0), spec)
-  x = random_points(jax.random.key(1), 60)
+  x = random_points(jax.random.key(1), 58)
   got = jit_encode(spec)(table, x)
   assert got.shape == (64, spec.output_dim) and got.dtype == jnp.float32
+  # The points reach dense-level indices past the level's size, where "mod level size" and
+  # "mod T" pick different rows: the comparison below sees the difference.
+  sizes = spec.level_sizes()
+  assert any(raw is not None and raw >= sizes[level]
+             for _, level, _, _, raw in brute_force_corners(x, spec))
   # Table entries are O(1); the slack is float32 rounding of pos (an ulp of ~32 is 4e-6).
   np.testing.assert_allclose(got, brute_force_encode(table, x, spec), atol=2e-6, rtol=0)
 
@@ -110,7 +151,7 @@ def test_table_gradient_is_scattered_weights():
   got = jax.jit(jax.grad(loss))(table)
   want = np.zeros(table.shape)
   cot = np.asarray(cot)
-  for n, level, row, weight in brute_force_corners(x, spec):
+  for n, level, row, weight, _ in brute_force_corners(x, spec):
     want[level, row] += weight * cot[n, level]
   assert np.count_nonzero(want) > 100  # many entries are hit, some more than once
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
@@ -162,6 +203,7 @@ def test_reference_spec_resolutions():
   assert np.all(np.diff(res) > 0)
   assert spec.table_size == 2**19 and spec.output_dim == 32
   assert spec.dense_levels().tolist() == [True] * 5 + [False] * 11
+  assert spec.level_sizes()[0] == 16**3 and spec.level_sizes()[-1] == spec.table_size
 
 
 def test_from_config_and_init_table():

@@ -114,6 +114,48 @@ def test_depth_8bit_and_resize(tmp_path):
   np.testing.assert_allclose(out, 0.2, atol=1e-6)
 
 
+def _save_u16(path, values):
+  Image.fromarray(np.round(values[..., 0] * 65535).astype(np.uint16)).save(path)
+  return path
+
+
+def test_disparity_map_gives_the_depth_maps_loss(tmp_path):
+  """The toy at the reference view: its depth as the reference preprocesses it (min-max
+  inside the mask, near = dark) and its disparity (1/depth, min-max, near = bright), each a
+  16-bit PNG loaded with its data.depth_kind, give one depth_rel for a rendered depth; the
+  disparity read as depth pushes the other way."""
+  import jax
+  import jax.numpy as jnp
+  from dc3d_jax import cameras, losses
+  from dc3d_jax.geometry import rasterize
+  from dc3d_jax.priors import oracle
+  render = jax.jit(lambda mesh: rasterize.render_mesh(
+      mesh, cameras.reference_camera(cameras.ViewSettings(), 48, 48)))
+  out = render(oracle.ground_truth_mesh("primitives"))
+  distance, alpha = np.asarray(out["depth"], np.float64), np.asarray(out["alpha"])
+  mask = (alpha > 0.5).astype(np.float32)
+  inside = mask > 0
+
+  def min_max_inside(values):   # the reference's preprocessing: [0, 1] in the mask, 0 out
+    lo, hi = values[inside].min(), values[inside].max()
+    return np.where(inside, (values - lo) / (hi - lo), 0.0)
+
+  depth_png = _save_u16(tmp_path / "depth.png", min_max_inside(distance))
+  disp_png = _save_u16(tmp_path / "disparity.png",
+                       min_max_inside(1.0 / np.maximum(distance, 1e-6)))
+  # A rendered depth with an error: the true distance plus a tilt across the image.
+  pred = jnp.asarray(distance + 0.2 * np.linspace(-1, 1, 48)[None, :, None], jnp.float32)
+  depth_rel = jax.jit(losses.depth_rel)
+  loss = lambda path, kind: float(depth_rel(pred, images.load_depth(path, kind=kind), mask))
+  from_depth, from_disparity = loss(depth_png, "depth"), loss(disp_png, "disparity")
+  print(f"depth_rel: depth {from_depth:.4f}, disparity {from_disparity:.4f}")
+  assert 0.05 < from_depth < 0.5
+  assert abs(from_disparity - from_depth) < 5e-3        # measured 2.5e-3 (0.117 vs 0.120)
+  assert loss(disp_png, "depth") > 1.5                   # the wrong sign: 2 - the loss
+  with pytest.raises(ValueError, match="data.depth_kind='inverse'"):
+    images.load_depth(depth_png, kind="inverse")
+
+
 def test_depth_three_equal_channels_accepted_unequal_rejected(tmp_path):
   grey = np.random.default_rng(2).integers(0, 256, (5, 5), dtype=np.uint8)
   out = images.load_depth(_save(tmp_path / "eq.png", np.stack([grey] * 3, -1)))

@@ -35,9 +35,12 @@ def test_run_writes_outputs_then_resumes(tmp_path):
   assert _steps_logged(w) == [1, 2, 3, 4]
   saved = json.loads((w / "metrics.json").read_text())
   assert saved["steps"] == 4 and saved["stage"] == "coarse_nerf"
-  for key in ("novel_view_psnr", "mask_iou", "ref_view_psnr", "ref_mask_iou", "wall_time_s"):
+  for key in ("novel_psnr", "novel_mask_iou", "high_psnr", "ref_psnr", "ref_mask_iou",
+              "ref_ssim", "wall_time_s", "eval_kept_frac_min"):
     assert np.isfinite(saved[key]) and saved[key] == pytest.approx(results[key])
-  assert 0.0 <= saved["mask_iou"] <= 1.0 and len(saved["novel_view_psnr_per_view"]) == 2
+  # orbit_views=4: views 1..3 are novel; one elevated view.
+  assert 0.0 <= saved["novel_mask_iou"] <= 1.0 and len(saved["novel_psnr_per_view"]) == 3
+  assert len(saved["high_psnr_per_view"]) == 1
   with cfg.unlocked():
     cfg.coarse_nerf.train.steps = 6
   assert pipeline.run(cfg, progress=False)["steps"] == 6

@@ -48,6 +48,21 @@ def test_sphere_area_and_volume_converge_to_closed_form():
   np.testing.assert_allclose(hi - lo, 2 * r, rtol=1e-5)
 
 
+def test_cube_sphere_shares_its_vertices_and_converges():
+  """12 n² faces on (6n² + 2) shared vertices (Euler: V - E + F = 2), every vertex on the
+  sphere, and area and volume approaching the sphere's from below."""
+  r, c = 0.6, np.array([0.1, 0.0, -0.2])
+  previous = 0.0
+  for n in (4, 8, 16):
+    m = primitives.cube_sphere(c, r, (1, 1, 1), n)
+    assert m.faces.shape == (12 * n * n, 3) and m.vertices.shape == (6 * n * n + 2, 3)
+    np.testing.assert_allclose(np.linalg.norm(m.vertices - c, axis=-1), r, rtol=1e-6)
+    volume_ratio = primitives.mesh_volume(m) / (4.0 / 3.0 * np.pi * r**3)
+    assert previous < volume_ratio < 1.0
+    previous = volume_ratio
+  assert volume_ratio > 0.99 and 0.99 < primitives.mesh_area(m) / (4 * np.pi * r * r) < 1.0
+
+
 def test_box_is_exact():
   h = np.array([0.1, 0.25, 0.4])
   m = primitives.box((0.3, -0.1, 0.2), h, (0.0, 1.0, 0.0))
@@ -85,6 +100,7 @@ def test_every_face_of_every_primitive_points_outward(axis):
   c = np.array([0.2, -0.3, 0.1])
   a = np.asarray(axis) / np.linalg.norm(axis)
   convex = [primitives.uv_sphere(c, 0.4, (1, 0, 0), 8, 16),
+            primitives.cube_sphere(c, 0.4, (1, 0, 0), 5),
             primitives.box(c, (0.1, 0.2, 0.3), (1, 0, 0)),
             primitives.cylinder(c, 0.3, 0.2, (1, 0, 0), 12, axis=axis),
             primitives.cone(c - 0.2 * a, 0.3, 0.5, (1, 0, 0), 12, axis=axis)]

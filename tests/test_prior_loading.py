@@ -1,6 +1,6 @@
 """Prior weight loading: folders, the local HF cache, LDM checkpoints, errors, dtypes.
 
-Tiny random models (dc3d_jax.priors.tiny) are written once per module in every supported
+Tiny random models (experiments/tiny_models.py) are written once per module in every supported
 format. Every test runs under a guard that makes socket connections raise and records
 them, so a test passes only if loading never touched the network.
 """
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dc3d_jax.priors import tiny
+from experiments import tiny_models
 from dc3d_jax.priors.loading import UnsupportedModelError, load_stable_diffusion, load_zero123
 from dc3d_jax.priors.models import NoiseScheduleConfig
 from dc3d_jax.priors.resolve import ModelNotFoundError
@@ -44,12 +44,14 @@ def no_network():
 def models(tmp_path_factory):
   """Paths of the tiny models in every format (same seed: the same weights)."""
   root = tmp_path_factory.mktemp("tiny_priors")
-  paths = {"sd": tiny.write_tiny_stable_diffusion(root / "sd"),
-           "sd_bin": tiny.write_tiny_stable_diffusion(root / "sd_bin", safetensors=False)}
-  for fmt in tiny.FORMATS:
-    paths[f"z_{fmt}"] = tiny.write_tiny_zero123(root / f"z_{fmt}", fmt=fmt)
-  paths["z_ema"] = tiny.write_tiny_zero123(root / "z_ema.ckpt", fmt="ldm_ckpt", ema=True)
-  paths["z_no_clip"] = tiny.write_tiny_zero123(root / "z_no_clip.safetensors",
+  paths = {"sd": tiny_models.write_tiny_stable_diffusion(root / "sd"),
+           "sd_bin": tiny_models.write_tiny_stable_diffusion(root / "sd_bin",
+                                                             safetensors=False)}
+  for fmt in tiny_models.FORMATS:
+    paths[f"z_{fmt}"] = tiny_models.write_tiny_zero123(root / f"z_{fmt}", fmt=fmt)
+  paths["z_ema"] = tiny_models.write_tiny_zero123(root / "z_ema.ckpt", fmt="ldm_ckpt",
+                                                  ema=True)
+  paths["z_no_clip"] = tiny_models.write_tiny_zero123(root / "z_no_clip.safetensors",
                                                fmt="ldm_safetensors", with_image_encoder=False)
   return paths
 
@@ -180,8 +182,8 @@ def test_ldm_checkpoint_round_trips(z_ref, models, fmt):
 def test_ema_weights_are_preferred(z_ref, models, tmp_path):
   assert max_abs_diff(load_zero123(str(models["z_ema"])).params, z_ref.params) == 0.0
   # Without the EMA copy the same file's raw weights load, and they differ.
-  state = tiny.zero123_ldm_state_dict(tiny.tiny_zero123_modules(0), ema=True)
-  raw = tiny.save_ldm_checkpoint(
+  state = tiny_models.zero123_ldm_state_dict(tiny_models.tiny_zero123_modules(0), ema=True)
+  raw = tiny_models.save_ldm_checkpoint(
       {k: v for k, v in state.items() if not k.startswith("model_ema.")}, tmp_path / "raw.ckpt")
   assert max_abs_diff(load_zero123(str(raw)).params["unet"], z_ref.params["unet"]) > 0.01
 
@@ -199,10 +201,10 @@ def test_full_clip_model_id_as_image_encoder(z_ref, models, tmp_path, monkeypatc
   """openai/clip-vit-large-patch14 is a whole CLIPModel: its vision tower is taken."""
   import torch
   from transformers import CLIPConfig, CLIPModel
-  vision = tiny.tiny_image_encoder(0)
+  vision = tiny_models.tiny_image_encoder(0)
   config = CLIPConfig(text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=1, num_attention_heads=2),
-                      vision_config=tiny.TINY_CLIP_VISION, projection_dim=32)
+                      vision_config=tiny_models.TINY_CLIP_VISION, projection_dim=32)
   clip = CLIPModel(config)
   with torch.no_grad():
     clip.vision_model.load_state_dict(vision.vision_model.state_dict())
@@ -241,11 +243,19 @@ def test_unet_config_the_flax_unet_cannot_hold_is_named(models, tmp_path, key, v
     load_stable_diffusion(str(folder))
 
 
-def test_v_prediction_is_refused(models, tmp_path):
+def test_v_prediction_sd_loads_other_kinds_are_refused(sd_ref, models, tmp_path):
   folder = shutil.copytree(models["sd"], tmp_path / "sd")
   _edit_json(folder / "scheduler" / "scheduler_config.json", prediction_type="v_prediction")
-  with pytest.raises(UnsupportedModelError, match="v_prediction"):
+  loaded = load_stable_diffusion(str(folder))       # SD 2.1-768 style: the prior converts v
+  assert loaded.schedule.prediction_type == "v_prediction"
+  assert max_abs_diff(loaded.params, sd_ref.params) == 0.0
+  _edit_json(folder / "scheduler" / "scheduler_config.json", prediction_type="sample")
+  with pytest.raises(UnsupportedModelError, match="sample"):
     load_stable_diffusion(str(folder))
+  zfolder = shutil.copytree(models["z_diffusers"], tmp_path / "z")
+  _edit_json(zfolder / "scheduler" / "scheduler_config.json", prediction_type="v_prediction")
+  with pytest.raises(UnsupportedModelError, match="Zero123 models predict"):
+    load_zero123(str(zfolder))
 
 
 def test_zero123_folder_defaults_and_bare_cc_projection(z_ref, models, tmp_path):

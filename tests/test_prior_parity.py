@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dc3d_jax.priors.torch_semantics import torch_semantics
-
-from dc3d_jax.priors import tiny
+from dc3d_jax.priors import stable_diffusion
 from dc3d_jax.priors.loading import load_stable_diffusion, load_zero123
+from dc3d_jax.priors.torch_semantics import torch_semantics
+from experiments import tiny_models
 
 TOL = 1e-4
 TIMESTEPS = np.array([20, 700], np.int32)
@@ -49,9 +49,12 @@ def no_network():
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
   root = tmp_path_factory.mktemp("parity")
-  return {"sd": tiny.write_tiny_stable_diffusion(root / "sd"),
-          "zero123": tiny.write_tiny_zero123(root / "zero123", fmt="diffusers"),
-          "zero123_ldm": tiny.write_tiny_zero123(root / "zero123.ckpt", fmt="ldm_ckpt")}
+  return {"sd": tiny_models.write_tiny_stable_diffusion(root / "sd"),
+          "sd_v": tiny_models.write_tiny_stable_diffusion(root / "sd_v",
+                                                          prediction_type="v_prediction"),
+          "zero123": tiny_models.write_tiny_zero123(root / "zero123", fmt="diffusers"),
+          "zero123_ldm": tiny_models.write_tiny_zero123(root / "zero123.ckpt",
+                                                        fmt="ldm_ckpt")}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +133,28 @@ def test_sd_unet_torch_semantics_close_the_flax_gap(sd, paths):
   fixed = report("sd unet, torch semantics", unet_eps(sd.unet, sd.params["unet"], x, t,
                                                       context), ref)
   assert fixed < 1e-5 < stock
+
+
+def test_v_prediction_sd_eps_is_converted_from_the_pytorch_v(paths):
+  """SD 2.1-768 style: the saved scheduler says v_prediction, so the UNet's output is v. The
+  prior's ε must be √ᾱ·v + √(1-ᾱ)·x_t of the PyTorch UNet's v, with ᾱ from diffusers' own
+  scheduler loaded from the same folder."""
+  from diffusers import DDPMScheduler
+  models = load_stable_diffusion(str(paths["sd_v"]))
+  assert models.schedule.prediction_type == "v_prediction"
+  prior = stable_diffusion.StableDiffusionPrior(unet=models.unet, vae=models.vae,
+                                                schedule=models.schedule)
+  x, context = inputs(0, 2, 4, 8, 8), inputs(1, 2, 77, 32)
+  raw = jax.jit(lambda p, x_t, t, c: prior.raw_noise(p, x_t, t, c))
+  ours = raw({"unet": models.params["unet"]}, jnp.transpose(x, (0, 2, 3, 1)),
+             jnp.asarray(TIMESTEPS), context)
+  v = torch_unet_eps(paths["sd_v"] / "unet", x, context)   # the UNet's raw output: v
+  scheduler = DDPMScheduler.from_pretrained(str(paths["sd_v"] / "scheduler"))
+  assert scheduler.config.prediction_type == "v_prediction"
+  a = scheduler.alphas_cumprod.numpy()[TIMESTEPS].reshape(-1, 1, 1, 1).astype(np.float64)
+  want = np.sqrt(a) * v + np.sqrt(1.0 - a) * x
+  assert report("v-prediction sd ε", np.transpose(ours, (0, 3, 1, 2)), want) < TOL
+  assert np.abs(want - v).max() > 0.1          # the conversion is not the identity here
 
 
 def test_sd_vae_posterior_mean_and_decoder(sd, paths):

@@ -175,7 +175,7 @@ def test_vmap_over_cameras_equals_separate_calls():
   assert not np.allclose(batched["rgb"][0], batched["rgb"][1])
 
 
-def test_empty_pixels_background_and_chunking():
+def test_empty_pixels_background_and_tiled_search():
   mesh = primitives.uv_sphere((0, 0, 0), 0.3, (1.0, 0.0, 0.0), 8, 16)
   cam = cameras.make_camera(0.0, 0.0, 3.8, 20.0, 16, 16)
   bg = jnp.array([0.1, 0.2, 0.3])
@@ -187,8 +187,8 @@ def test_empty_pixels_background_and_chunking():
   assert np.all(np.asarray(out["normal"])[empty] == 0)
   np.testing.assert_allclose(np.asarray(out["rgb"])[~empty], [[1.0, 0, 0]] * int((~empty).sum()),
                              atol=1e-6)
-  # A pixel chunk that does not divide H·W gives the same image.
-  odd = rasterize.render_mesh(mesh, cam, background=bg, pixel_chunk=7)
+  # The tiled visibility search gives the same image as the brute-force one.
+  odd = rasterize.render_mesh(mesh, cam, background=bg, search="tiled")
   np.testing.assert_array_equal(odd["depth"], out["depth"])
 
 

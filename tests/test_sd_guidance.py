@@ -2,15 +2,13 @@
 
 View directions and Perp-Neg terms against the reference §3.1 formulas evaluated by hand;
 Perp-Neg's combination against a NumPy per-item implementation; the prior on a tiny random SD
-(Flax UNet, VAE with downsampling factor F = 8, CLIP text encoder, a hand-written BPE
-vocabulary) built here: the UNet batch order against per-branch calls, encode's shape and
-gradient, SDS under jit, and the text-embedding caches.
+(experiments/tiny_models.flax_stable_diffusion: Flax UNet, VAE with downsampling factor
+F = 8, CLIP text encoder, a hand-written BPE vocabulary): the UNet batch order against
+per-branch calls, encode's shape and gradient, SDS under jit, and the text-embedding caches.
 """
 
 import dataclasses
-import json
 import math
-import os
 import types
 
 import diffusers
@@ -24,12 +22,14 @@ from dc3d_jax.core.types import Camera
 from dc3d_jax.guidance import sds
 from dc3d_jax.priors import prompts, stable_diffusion as sd
 from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
+from experiments import tiny_models
 
 diffusers.utils.logging.set_verbosity_error()
 transformers.logging.set_verbosity_error()
 
 WIDTH = 32                  # CLIP hidden size = UNet cross_attention_dim
 F = 8                       # the tiny VAE's downsampling factor (4 blocks)
+RENDER = 128                # sds_run's render_size (SD's 512 costs seconds with the tiny VAE)
 SIDE, FRONT, BACK, OVERHEAD, UNCOND = 0, 1, 2, 3, 4
 TERMS = jax.jit(prompts.perp_neg_terms)         # Perp-Neg terms, as used inside a step
 
@@ -143,64 +143,9 @@ def test_classifier_free_guidance():
 
 # ----------------------------------------------------------------------------- tiny SD
 
-def _write_tokenizer(directory) -> transformers.CLIPTokenizer:
-  """A CLIP BPE with single letters, a few merges, ',' and the special tokens."""
-  letters = "abcdefghijklmnopqrstuvwxyz"
-  tokens = ["<|startoftext|>", "<|endoftext|>"] + list(letters) + [c + "</w>" for c in letters]
-  tokens += [",</w>", "vi", "vie", "view</w>", "ca", "cat</w>"]
-  merges = ["#version: 0.2", "v i", "vi e", "vie w</w>", "c a", "ca t</w>"]
-  with open(os.path.join(directory, "vocab.json"), "w") as f:
-    json.dump({t: i for i, t in enumerate(tokens)}, f)
-  with open(os.path.join(directory, "merges.txt"), "w") as f:
-    f.write("\n".join(merges) + "\n")
-  return transformers.CLIPTokenizer(os.path.join(directory, "vocab.json"),
-                                    os.path.join(directory, "merges.txt"), model_max_length=77)
-
-
-def _unet_and_vae():
-  unet = diffusers.FlaxUNet2DConditionModel(
-      sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-      block_out_channels=(32,) * 3, down_block_types=("DownBlock2D",) * 2
-      + ("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * 2,
-      cross_attention_dim=WIDTH, attention_head_dim=8, use_linear_projection=True)
-  vae = diffusers.FlaxAutoencoderKL(
-      in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-      up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8,) * 4,
-      layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16)
-  return unet, vae
-
-
-def _random_params(init_fn, seed: int):
-  """Random weights in the shapes `init_fn(key)` would give, without running it (running
-  the Flax initialisers costs tens of seconds of compilation on CPU): norm scales 1,
-  biases 0, other weights N(0, 1/fan_in) with fan_in = all axes but the last."""
-  shapes = jax.eval_shape(init_fn, jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = str(path[-1].key)
-    if name in ("scale", "bias"):
-      return jnp.full(leaf.shape, 1.0 if name == "scale" else 0.0, jnp.float32)
-    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-    return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> StableDiffusionModels:
-  tokenizer = _write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-  text = transformers.FlaxCLIPTextModel(transformers.CLIPTextConfig(
-      vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2,
-      num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-      pad_token_id=1), _do_init=False)
-  unet, vae = _unet_and_vae()
-  params = {"unet": _random_params(unet.init_weights, 1),
-            "vae": _random_params(vae.init_weights, 2),
-            "text_encoder": _random_params(lambda k: text.init_weights(k, (1, 77)), 3)}
-  return StableDiffusionModels(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                               params=params, schedule=NoiseScheduleConfig(),
-                               source="tiny-random-sd")
+  return tiny_models.flax_stable_diffusion(tmp_path_factory.mktemp("tokenizer"), seed=1)
 
 
 def _cameras(elevations, azimuths) -> Camera:
@@ -221,8 +166,9 @@ def _branch_table(table: np.ndarray, az: float) -> list:
 
 
 def test_tokenizer_and_embedding_table(models):
-  ids = models.tokenizer(["a cat, front view"], padding="max_length", max_length=77).input_ids
-  assert len(ids[0]) == 77 and ids[0][0] == 0 and 1 in ids[0]
+  tok = models.tokenizer
+  ids = tok(["a cat, front view"], padding="max_length", max_length=77).input_ids
+  assert len(ids[0]) == 77 and ids[0][0] == tok.bos_token_id and tok.eos_token_id in ids[0]
   assert models.tokenizer.convert_tokens_to_ids("view</w>") in ids[0]   # merges applied
   table = sd.direction_table(models, "a cat")
   assert table.shape == (5, 77, WIDTH) and np.isfinite(table).all()
@@ -364,9 +310,10 @@ def test_sds_latent_gradient_is_weighted_noise_residual(noise_run):
 
 @pytest.fixture(scope="module")
 def sds_run(perp_prior):
-  """One jitted run at 512² (64² latents): SDSGuidance's loss and its gradient w.r.t. the
-  images for B = 2 cameras, and encode's output under two keys."""
+  """One jitted run at RENDER² (RENDER/F latents): SDSGuidance's loss and its gradient w.r.t.
+  the images for B = 2 cameras, and encode's output under two keys."""
   prior, params = perp_prior
+  prior = dataclasses.replace(prior, render_size=RENDER)
   guidance = sds.SDSGuidance(prior=prior, t_min=0.2, t_max=0.98)
   cameras = _cameras([0.0, 20.0], [30.0, 150.0])
 
@@ -384,7 +331,7 @@ def sds_run(perp_prior):
 
 def test_encode_shape_and_posterior_sample(sds_run):
   x = sds_run["x"]
-  assert x.shape == (2, 512 // F, 512 // F, 4) and x.dtype == np.float32
+  assert x.shape == (2, RENDER // F, RENDER // F, 4) and x.dtype == np.float32
   assert np.isfinite(x).all()
   assert not np.allclose(x, sds_run["x_other"])       # a sample: the key matters
 

@@ -49,6 +49,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# The losses differ only by float32 summation order across devices: measured max rel 2.9e-7
+# over the 4 steps (docs/ARCHITECTURE.md quotes it); the bound leaves a factor ~3.
+LOSS_RTOL = 1e-6
+
+
 def test_two_devices_match_one_device():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/usr/bin:/bin",
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -58,8 +63,9 @@ def test_two_devices_match_one_device():
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert len(out["losses_2"]) == 4
   assert out["partitions"] == [1, 2]
-  for a, b in zip(out["losses_1"], out["losses_2"]):
-    assert abs(a - b) <= 1e-5 * max(1.0, abs(a))
+  rel = max(abs(a - b) / max(1.0, abs(a)) for a, b in zip(out["losses_1"], out["losses_2"]))
+  print(f"2 devices vs 1: losses max rel {rel:.1e}, render max|Δ| {out['image_diff']:.1e}")
+  assert rel <= LOSS_RTOL
   # Parameters are not compared: Adam turns noise-level gradients (~1e-9, summed in a different
   # order across devices) into ±lr steps of table entries that no sample reads. A render is
   # what those entries cannot change.

@@ -1,97 +1,37 @@
-"""Tests for stage 0's text-to-image (dc3d_jax.priors.text_to_image) on tiny random models.
+"""Tests for stage 0's text-to-image (dc3d_jax.priors.text_to_image) on tiny random models
+(experiments/tiny_models.flax_stable_diffusion, a 2-block VAE).
 
 Random weights give noise images: these tests check the plumbing (shapes, range, seeds, step
 count, guidance, size checks), not image quality.
 """
 
 import dataclasses
-import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dc3d_jax.core import rng
 from dc3d_jax.priors import text_to_image
-from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
+from dc3d_jax.priors.models import NoiseScheduleConfig
+from dc3d_jax.priors.torch_semantics import torch_semantics
+from experiments import tiny_models
 
 SIZE = 16          # tiny VAE (2 blocks) and UNet (2 blocks): multiples of 4 are valid
 MAX_TOKENS = 16
-WORDS = ("a", "photo", "of", "red", "toy", "blurry")
-
-
-def _write_tokenizer_files(directory) -> tuple:
-  """A hand-made CLIP BPE: every letter (also word-final), plus whole WORDS via merges."""
-  letters = sorted(set("".join(WORDS)) | set("abcdefghijklmnopqrstuvwxyz"))
-  vocab = ["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters]
-  merges = []
-  for word in WORDS:
-    piece = word[0]
-    for i, char in enumerate(word[1:], start=1):
-      nxt = char + ("</w>" if i == len(word) - 1 else "")
-      merges.append(f"{piece} {nxt}")
-      piece += nxt
-      vocab.append(piece)
-  vocab = list(dict.fromkeys(vocab + [w + "</w>" for w in WORDS if len(w) == 1]))
-  merges = list(dict.fromkeys(merges))
-  vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
-  vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-  merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-  return vocab_file, merges_file
-
-
-def _random_params(init_fn, seed: int):
-  """Params shaped as init_fn's, drawn in NumPy: running the real initialisers eagerly costs
-  tens of seconds on two cores. Norm scales are 1; everything else is N(0, 0.05²)."""
-  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(seed))
-  draw = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    if getattr(path[-1], "key", None) == "scale":
-      return np.ones(leaf.shape, leaf.dtype)
-    return (0.05 * draw.standard_normal(leaf.shape)).astype(leaf.dtype)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _tiny_text_encoder(vocab_size: int):
-  from transformers import CLIPTextConfig, FlaxCLIPTextModel
-  config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37,
-                          num_hidden_layers=2, num_attention_heads=4,
-                          max_position_embeddings=MAX_TOKENS, projection_dim=32)
-  model = FlaxCLIPTextModel(config, _do_init=False)
-  return model, _random_params(lambda key: model.init_weights(key, (1, MAX_TOKENS)), 0)
-
-
-def _tiny_unet_and_vae():
-  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-  unet = FlaxUNet2DConditionModel(
-      sample_size=SIZE // 2, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-      layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-      attention_head_dim=8)
-  vae = FlaxAutoencoderKL(
-      in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
-      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-      latent_channels=4, norm_num_groups=32, sample_size=SIZE)
-  return unet, _random_params(unet.init_weights, 1), vae, _random_params(vae.init_weights, 2)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
   from diffusers.utils import logging as diffusers_logging
-  from transformers import CLIPTokenizer
   level = diffusers_logging.get_verbosity()
   diffusers_logging.set_verbosity_error()
   try:
-    files = _write_tokenizer_files(tmp_path_factory.mktemp("tokenizer"))
-    tokenizer = CLIPTokenizer(*map(str, files), model_max_length=MAX_TOKENS)
-    text_encoder, text_params = _tiny_text_encoder(len(tokenizer))
-    unet, unet_params, vae, vae_params = _tiny_unet_and_vae()
+    return tiny_models.flax_stable_diffusion(tmp_path_factory.mktemp("tokenizer"),
+                                             vae_blocks=2, max_tokens=MAX_TOKENS)
   finally:
     diffusers_logging.set_verbosity(level)
-  return StableDiffusionModels(
-      unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-      params={"unet": unet_params, "vae": vae_params, "text_encoder": text_params},
-      schedule=NoiseScheduleConfig(), source="tiny random (test)")
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +60,21 @@ def test_image_shape_range_and_determinism(sampler):
   assert np.abs(_generate(sampler, seed=1) - image).max() > 1e-3
 
 
-def test_generate_image_is_one_sampler_call(models, sampler):
-  image = text_to_image.generate_image(models, PROMPT, steps=2, size=SIZE, seed=3)
-  np.testing.assert_array_equal(image, _generate(sampler, seed=3))
+def test_sampler_equals_diffusers_public_call(models, sampler):
+  """The sampler's plumbing (prompt and negative-prompt ids, one guidance scale per prompt,
+  the seed's key key_for(root_key(seed), "text_to_image", 0)) against diffusers' documented
+  FlaxStableDiffusionPipeline.__call__(jit=True): pmap over one device with replicated
+  params and a sharded key, a separate compiled program."""
+  from flax import jax_utils
+  image = _generate(sampler, negative_prompt="blurry", guidance_scale=5.0, seed=3)
+  pipe, params = text_to_image.make_pipeline(models)
+  ids, negative = pipe.prepare_inputs([PROMPT]), pipe.prepare_inputs(["blurry"])
+  key = rng.key_for(rng.root_key(3), "text_to_image", 0)
+  with torch_semantics():
+    out = pipe(ids[None], jax_utils.replicate(params), key[None], 2, SIZE, SIZE, 5.0,
+               neg_prompt_ids=negative[None], jit=True)
+  assert out.images.shape == (1, 1, SIZE, SIZE, 3)
+  np.testing.assert_allclose(image, np.asarray(out.images)[0, 0], atol=1e-5)
 
 
 def test_steps_are_honoured(models, monkeypatch):

@@ -1,8 +1,8 @@
 """Zero123 guidance prior (priors/zero123.py) on tiny random parts, against PyTorch.
 
-Tiny PyTorch parts (diffusers 8-channel UNet and VAE, a transformers CLIP vision tower with
-projection, a Linear cc_projection) are converted to Flax here and assembled into a
-Zero123Models. The PyTorch side recomputes everything itself from the same reference RGBA:
+Tiny PyTorch parts (experiments/tiny_models: diffusers 8-channel UNet and VAE, a transformers
+CLIP vision tower with projection, a Linear cc_projection) are converted to Flax by the
+library's builder and assembled into a Zero123Models. The PyTorch side recomputes everything itself from the same reference RGBA:
 white compositing, area resize, bicubic (align_corners) resize to the CLIP size, CLIP image
 embedding, VAE posterior mode, cc_projection of [embedding, T], UNet on cat([x_t, c_concat])
 with zeros for the unconditional half, CFG.
@@ -19,84 +19,35 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from diffusers.models.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
-from transformers.modeling_flax_pytorch_utils import (
-    convert_pytorch_state_dict_to_flax as flax_from_pytorch_transformers)
 
 from dc3d_jax import cameras as cams
 from dc3d_jax.guidance import sds
-from dc3d_jax.priors import zero123
-from dc3d_jax.priors.models import NoiseScheduleConfig, Zero123Models
+from dc3d_jax.priors import loading, zero123
+from dc3d_jax.priors.models import Zero123Models
 from dc3d_jax.priors.torch_semantics import torch_semantics
+from experiments import tiny_models
 
 diffusers.utils.logging.set_verbosity_error()
 transformers.logging.set_verbosity_error()
 
-RENDER = 48                 # render_size: 24² latents with the 2-block VAE
-CLIP = 32                   # the tiny vision tower's image_size
-CONTEXT = 32                # cross_attention_dim = CLIP projection_dim
+RENDER = 48                 # render_size: 6² latents with the tiny VAE (F = 8)
+F_VAE = 8                   # the tiny VAE's downsampling (4 blocks)
+CLIP = tiny_models.TINY_CLIP_VISION["image_size"]
+CONTEXT = tiny_models.TINY_UNET["cross_attention_dim"]   # = CLIP projection_dim
 MEAN, STD = Zero123Models.clip_mean, Zero123Models.clip_std
 
 
 def _torch_parts() -> dict:
-  torch.manual_seed(0)
-  unet = diffusers.UNet2DConditionModel(
-      sample_size=RENDER // 2, in_channels=8, out_channels=4, layers_per_block=1,
-      block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CONTEXT,
-      attention_head_dim=8)
-  vae = diffusers.AutoencoderKL(
-      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-      block_out_channels=(32, 32), latent_channels=4, layers_per_block=1, sample_size=RENDER)
-  clip = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
-      hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-      image_size=CLIP, patch_size=8, projection_dim=CONTEXT, hidden_act="quick_gelu"))
-  cc = torch.nn.Linear(CONTEXT + 4, CONTEXT)
-  return {k: m.eval() for k, m in dict(unet=unet, vae=vae, clip=clip, cc=cc).items()}
-
-
-class _ShapesOnly:
-  """What the PyTorch -> Flax converters read of a Flax model: the names and shapes of its
-  random init, here traced abstractly (eager inits cost seconds of op-by-op compiles)."""
-
-  def __init__(self, init, base_model_prefix=""):
-    self._init, self.base_model_prefix = init, base_model_prefix
-
-  def init_weights(self, key):                    # diffusers' converter
-    return jax.eval_shape(self._init, key)
-
-  @property
-  def params(self):                               # transformers' converter
-    return self.init_weights(jax.random.key(0))
-
-
-def _convert_clip(clip_torch) -> tuple:
-  """transformers' own PyTorch -> Flax conversion (what from_pretrained(from_pt=True) runs),
-  keeping only the vision tower's parameters; the projection is taken separately."""
-  clip = transformers.FlaxCLIPVisionModel(clip_torch.config, _do_init=False)
-  shapes = _ShapesOnly(lambda k: clip.init_weights(k, clip.input_shape), clip.base_model_prefix)
-  params = flax_from_pytorch_transformers(dict(clip_torch.state_dict()), shapes)
-  params = {k: v for k, v in params.items() if k in shapes.params}
-  projection = {"kernel": jnp.asarray(clip_torch.visual_projection.weight.detach().numpy().T)}
-  return clip, params, projection
+  """The tiny Zero123's PyTorch modules (experiments/tiny_models): unet, vae, clip, cc."""
+  m = tiny_models.tiny_zero123_modules(seed=0)
+  return dict(unet=m["unet"], vae=m["vae"], clip=m["image_encoder"], cc=m["cc_projection"])
 
 
 def _to_flax(parts: dict) -> Zero123Models:
-  unet = diffusers.FlaxUNet2DConditionModel.from_config(parts["unet"].config)
-  vae = diffusers.FlaxAutoencoderKL.from_config(parts["vae"].config)
-  clip, clip_params, projection = _convert_clip(parts["clip"])
-  numpy = lambda p: jnp.asarray(p.detach().numpy())
-  params = {
-      "unet": convert_pytorch_state_dict_to_flax(parts["unet"].state_dict(),
-                                                 _ShapesOnly(unet.init_weights)),
-      "vae": convert_pytorch_state_dict_to_flax(parts["vae"].state_dict(),
-                                                _ShapesOnly(vae.init_weights)),
-      "image_encoder": clip_params,
-      "visual_projection": projection,
-      "cc_projection": {"kernel": numpy(parts["cc"].weight).T, "bias": numpy(parts["cc"].bias)},
-  }
-  return Zero123Models(unet=unet, vae=vae, image_encoder=clip, params=params,
-                       schedule=NoiseScheduleConfig(), clip_size=CLIP)
+  """The library's own builder (what loading a file runs after reading it)."""
+  modules = dict(unet=parts["unet"], vae=parts["vae"], image_encoder=parts["clip"],
+                 cc_projection=parts["cc"])
+  return loading.build_zero123(tiny_models.zero123_source(modules), jnp.float32, "tiny")
 
 
 def _reference_rgba() -> np.ndarray:
@@ -140,7 +91,7 @@ def _views(n: int = 3):
 
 def _inputs(n: int = 3):
   rng = np.random.default_rng(1)
-  x_t = rng.normal(size=(n, RENDER // 2, RENDER // 2, 4)).astype(np.float32)
+  x_t = rng.normal(size=(n, RENDER // F_VAE, RENDER // F_VAE, 4)).astype(np.float32)
   return x_t, np.array([20, 500, 980][:n])
 
 
@@ -245,7 +196,7 @@ def test_reference_conditioning_matches_pytorch(setup):
   ref = zero123.reference_conditioning(setup["models"], setup["rgba"], RENDER)
   embedding, latent = _torch_reference_conditioning(setup["parts"], setup["rgba"])
   assert ref["clip_embedding"].shape == (1, 1, CONTEXT)
-  assert ref["ref_latent"].shape == (1, RENDER // 2, RENDER // 2, 4)
+  assert ref["ref_latent"].shape == (1, RENDER // F_VAE, RENDER // F_VAE, 4)
   np.testing.assert_allclose(np.asarray(ref["clip_embedding"]), embedding.numpy(), atol=1e-5)
   np.testing.assert_allclose(np.asarray(ref["ref_latent"]),
                              latent.permute(0, 2, 3, 1).numpy(), atol=1e-5)
@@ -267,7 +218,7 @@ def test_encode_is_the_scaled_posterior_sample_and_differentiable(setup):
     return x, pullback(2.0 * x)[0]
 
   x, grad = encode_and_grad(jnp.asarray(images))
-  assert x.shape == (2, RENDER // 2, RENDER // 2, 4)
+  assert x.shape == (2, RENDER // F_VAE, RENDER // F_VAE, 4)
   with torch.no_grad():
     small = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2), (RENDER, RENDER),
                           mode="bilinear", align_corners=False)

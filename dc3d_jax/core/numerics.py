@@ -24,15 +24,6 @@ def safe_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-20) -> jax.Arra
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
 
 
-def safe_exp(x: jax.Array, limit: float = 80.0) -> jax.Array:
-  """exp with its argument clipped so it never overflows float32."""
-  return jnp.exp(jnp.minimum(x, limit))
-
-
-def safe_log(x: jax.Array, eps: float = TINY) -> jax.Array:
-  return jnp.log(jnp.maximum(x, eps))
-
-
 def binary_entropy(p: jax.Array, eps: float = 1e-3) -> jax.Array:
   """-p log p - (1-p) log(1-p) with p clamped to [eps, 1-eps]."""
   p = jnp.clip(p, eps, 1.0 - eps)

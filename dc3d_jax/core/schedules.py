@@ -74,6 +74,14 @@ def view_range_fraction(step, progressive_until: int):
   return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / (progressive_until + 1))
 
 
+def cos_anneal_ratio(step, anneal_end: int):
+  """NeuS's cosine-anneal ratio r = min(1, step / anneal_end); anneal_end 0 gives 1 at once
+  (reference §1b: 5000 steps, the whole stage)."""
+  if anneal_end <= 0:
+    return jnp.float32(1.0)
+  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / anneal_end)
+
+
 def piecewise_constant(step: int, boundaries: Sequence[int], values: Sequence):
   """Python-side (static) lookup: values[i] where boundaries[i-1] <= step < boundaries[i].
 

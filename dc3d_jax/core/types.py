@@ -1,6 +1,6 @@
 """Shared array containers (flax.struct dataclasses, so they are pytrees and cross jit).
 
-Frame (DESIGN.md): world Z-up, right-handed; c2w columns are (right, up, back) and the camera
+Frame (docs/ARCHITECTURE.md, Conventions): world Z-up, right-handed; c2w columns are (right, up, back) and the camera
 looks down its -z (OpenGL). Image rows go top to bottom (row 0 is the top of the picture).
 """
 

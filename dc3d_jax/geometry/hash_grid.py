@@ -3,21 +3,26 @@
 Symbols: L levels, T = 2**log2_table_size entries per level, F features per entry, b the base
 resolution, s the per-level scale. For level l:
   scale_l = b * s**l - 1,   res_l = ceil(scale_l) + 1   (grid vertices per axis),
+  N_l = min(ceil8(res_l**3), T)   (the level's parameter count: res_l**3 rounded up to a
+                                   multiple of 8 for aligned access, capped at T),
   pos = x * scale_l + 0.5,  cell = floor(pos),  frac = pos - cell,
 and the level's feature is the trilinear blend of its 8 corner entries, corner c = cell + {0,1}^3
 with weight prod_d (frac_d if bit_d else 1 - frac_d). A corner's entry is
-  dense (res_l**3 <= T):  c_x + c_y * res_l + c_z * res_l**2   (mod T),
-  hashed (otherwise):     (c_x * 1) ^ (c_y * 2654435761) ^ (c_z * 805459861) in uint32, mod T.
-Each level owns a [T, F] slice of the table; dense levels use only its first res_l**3 rows
-(tiny-cuda-nn packs levels tighter; the features, not the memory layout, are what match).
+  dense (res_l**3 <= N_l):  (c_x + c_y * res_l + c_z * res_l**2) mod N_l,
+  hashed (otherwise):       ((c_x * 1) ^ (c_y * 2654435761) ^ (c_z * 805459861) in uint32) mod N_l,
+the index tiny-cuda-nn's `grid_index` computes (encodings/grid.h): each level is indexed
+modulo its *own* size N_l, not modulo T. Each level here owns a [T, F] slice of the table;
+dense levels use only its first N_l rows (tiny-cuda-nn packs the levels back to back; the
+features, not the memory layout, are what match).
 
 Boundaries: x is clamped to [0, 1] (callers normalise; the clamp keeps `cell` non-negative so
 the uint32 arithmetic never sees a negative coordinate). Corner coordinates are *not* clamped,
 as in tiny-cuda-nn: for x in the top half-cell (x * scale_l + 0.5 >= ceil(scale_l)) the upper
-corner is res_l, one past the last vertex, which in a dense level aliases the first vertex of
-the next row or slab (or an unused row), and `& (T - 1)` keeps every index inside the slice.
-Clamping it instead would make the encoding constant across that half-cell and break parity
-with the reference (threestudio on tcnn). So every index is valid, for x exactly 0 or 1 too.
+corner is res_l, one past the last vertex. In a dense level its index aliases the first
+vertex of the next row or slab, and past the last slab it wraps modulo N_l to the start of
+the level (modulo T it would land on rows no other point reads). Clamping it instead would
+make the encoding constant across that half-cell and break parity with the reference
+(threestudio on tcnn). So every index is valid, for x exactly 0 or 1 too.
 
 Defaults are DreamCraft3D's: 16 levels x 2 features, T = 2**19, b = 16, s = 1.447269237440378
 (= 2**(8/15) to float precision, so scale_15 = 16 * 2**8 - 1 = 4095 and the finest level has
@@ -69,9 +74,14 @@ class HashGridSpec:
     """[L] int64: grid vertices per axis, ceil(scale) + 1."""
     return np.ceil(self.scales()).astype(np.int64) + 1
 
+  def level_sizes(self) -> np.ndarray:
+    """[L] int64 N_l: rows a level indexes, min(res**3 rounded up to a multiple of 8, T)."""
+    dense = -(-self.resolutions()**3 // 8) * 8
+    return np.minimum(dense, self.table_size)
+
   def dense_levels(self) -> np.ndarray:
-    """[L] bool: levels whose whole grid fits the table (indexed densely, not hashed)."""
-    return self.resolutions()**3 <= self.table_size
+    """[L] bool: levels whose whole grid fits their rows (indexed densely, not hashed)."""
+    return self.resolutions()**3 <= self.level_sizes()
 
   @classmethod
   def from_config(cls, cfg) -> "HashGridSpec":
@@ -111,11 +121,12 @@ def _corner_outer(a: jax.Array, combine) -> jax.Array:
 
 
 def _level_features(table_l: jax.Array, x: jax.Array, scale: jax.Array, mult: jax.Array,
-                    dense: jax.Array, table_size: int) -> jax.Array:
+                    dense: jax.Array, size: jax.Array) -> jax.Array:
   """One level's blended features.
 
   table_l: [T, F]. x: [..., 3] in [0, 1]. scale: scalar float32. mult: [3] uint32 index
-  multipliers. dense: scalar bool (sum the terms; else xor them). Returns [..., F] float32.
+  multipliers. dense: scalar bool (sum the terms; else xor them). size: scalar uint32 N_l,
+  the modulus of the level's indices. Returns [..., F] float32.
   """
   pos = x * scale + 0.5
   cell = jnp.floor(pos)                                   # floor has zero gradient: x's
@@ -125,7 +136,7 @@ def _level_features(table_l: jax.Array, x: jax.Array, scale: jax.Array, mult: ja
   terms = corner * mult[:, None]                          # [..., 3, 2]; uint32 mul wraps
   linear = _corner_outer(terms, jnp.add)
   hashed = _corner_outer(terms, jnp.bitwise_xor)
-  rows = jnp.where(dense, linear, hashed) & jnp.uint32(table_size - 1)
+  rows = jnp.where(dense, linear, hashed) % size          # N_l <= T: inside the slice
   feats = table_l.at[rows.astype(jnp.int32)].get(mode="promise_in_bounds")   # [..., 8, F]
   return jnp.einsum("...c,...cf->...f", weights, feats.astype(jnp.float32))
 
@@ -152,9 +163,10 @@ def encode(table: jax.Array, x: jax.Array, spec: HashGridSpec,
   scales = jnp.asarray(spec.scales(), jnp.float32)
   mult = jnp.asarray(_index_multipliers(spec))
   dense = jnp.asarray(spec.dense_levels())
+  sizes = jnp.asarray(spec.level_sizes(), jnp.uint32)
   x = _clamp_unit(x)
-  level = lambda t, s, m, d: _level_features(t, x, s, m, d, spec.table_size)
-  out = jax.vmap(level, out_axes=-2)(table, scales, mult, dense)   # [..., L, F]
+  level = lambda t, s, m, d, n: _level_features(t, x, s, m, d, n)
+  out = jax.vmap(level, out_axes=-2)(table, scales, mult, dense, sizes)   # [..., L, F]
   if level_mask is not None:
     out = out * level_mask.astype(jnp.float32)[:, None]
   return out.reshape(x.shape[:-1] + (spec.output_dim,))

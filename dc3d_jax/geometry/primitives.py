@@ -1,10 +1,11 @@
 """Coloured triangle-mesh primitives and the project's procedural ground-truth object.
 
 Symbols: `Mesh` (vertices [V, 3], faces [F, 3], per-vertex colours [V, 3]); builders
-`uv_sphere`, `box`, `cylinder`, `cone`, `torus`; transforms `translate`, `scale`, `rotate`;
-`concatenate`; measures `mesh_bounds`, `mesh_area`, `mesh_volume`; and `test_object`.
+`uv_sphere`, `cube_sphere`, `box`, `cylinder`, `cone`, `torus`; transforms `translate`,
+`scale`, `rotate`; `concatenate`; measures `mesh_bounds`, `mesh_area`, `mesh_volume`; and
+`test_object`.
 
-Conventions: world Z-up (DESIGN.md). Every face is wound counter-clockwise seen from outside,
+Conventions: world Z-up (docs/ARCHITECTURE.md). Every face is wound counter-clockwise seen from outside,
 so cross(v1 - v0, v2 - v0) is the outward normal and `mesh_volume` (divergence theorem,
 Σ v0·(v1 × v2) / 6) is positive for a closed primitive. Primitives never share vertices with
 each other, so per-vertex colours give each primitive (or each box face) a flat colour.
@@ -114,6 +115,31 @@ def box(center=(0.0, 0.0, 0.0), half_sizes=(0.5, 0.5, 0.5), color=(0.7, 0.7, 0.7
   quad = np.array([[0, 1, 2], [0, 2, 3]])
   faces = np.concatenate([quad + 4 * f for f in range(6)])
   return _make(np.concatenate(verts), faces, np.concatenate(colors))
+
+
+def cube_sphere(center=(0.0, 0.0, 0.0), radius: float = 1.0, color=(0.7, 0.7, 0.7),
+                n: int = 8) -> Mesh:
+  """Sphere from a cube whose faces carry n × n quads, pushed onto the sphere: 12 n² nearly
+  uniform triangles on shared vertices (closed and manifold, unlike `box`), without the
+  uv-sphere's slivers at the poles."""
+  t = np.linspace(-1.0, 1.0, n + 1)
+  a, b = np.meshgrid(t, t, indexing="ij")                       # a along u, b along v
+  eye = np.eye(3)
+  points, faces = [], []
+  cell = np.arange(n)[:, None] * (n + 1) + np.arange(n)[None, :]      # (i, j) -> i(n+1) + j
+  quads = np.stack([cell, cell + n + 1, cell + n + 2, cell + 1], -1).reshape(-1, 4)
+  for f, (k, s) in enumerate([(k, s) for k in range(3) for s in (1.0, -1.0)]):
+    u, v = eye[(k + 1) % 3], eye[(k + 2) % 3]
+    if s < 0:
+      u, v = v, u                                # u × v = s·e_k: outward, as in `box`
+    points.append((s * eye[k] + a[..., None] * u + b[..., None] * v).reshape(-1, 3))
+    offset = f * (n + 1) ** 2
+    faces.append(np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]]) + offset)
+  # Cube edges and corners appear on several faces: merge them into shared vertices.
+  unique, inverse = np.unique(np.round(np.concatenate(points), 9), axis=0, return_inverse=True)
+  verts = unique / np.linalg.norm(unique, axis=-1, keepdims=True)
+  return _make(radius * verts + np.asarray(center), inverse.reshape(-1)[np.concatenate(faces)],
+               color)
 
 
 def _ring_3d(n: int, radius: float, z: float) -> np.ndarray:

@@ -4,17 +4,32 @@ The 2D slot (`sds_2d`) and the 3D slot (`sds_3d`) each take a prior kind from
 guidance.prior_2d / guidance.prior_3d ("none" leaves the slot empty, so 2D-only, 3D-only and
 hybrid runs are config choices); the timestep ranges come from <stage>.guidance.<slot>.
 Models are loaded once per run by a PriorStore and shared by stage 0 and every stage.
+
+Stable Diffusion in the 2D slot stands in for the reference's DeepFloyd IF, whose t ranges
+the configs keep. guidance.sd_t_schedule says how SD reads them: "snr_matched_if" (default)
+queries SD at the step of the same signal-to-noise ratio as the IF step drawn
+(noise_schedule.snr_matched_timesteps); "if_fractions" at the same step index.
 """
 
 from pathlib import Path
 
 from dc3d_jax.core import schedules
+from dc3d_jax.errors import ConfigError
 from dc3d_jax.guidance.sds import SDSGuidance
+<<<<<<< HEAD
 from dc3d_jax.priors import loading, oracle, precision, stable_diffusion, testbed, zero123
 
 SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
 KINDS = {"prior_2d": ("none", "oracle", "sd"),
          "prior_3d": ("none", "oracle", "zero123", "testbed")}
+=======
+from dc3d_jax.priors import (loading, noise_schedule, oracle, precision, stable_diffusion,
+                             zero123)
+
+SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
+KINDS = {"prior_2d": ("none", "oracle", "sd"), "prior_3d": ("none", "oracle", "zero123")}
+SD_T_SCHEDULES = ("snr_matched_if", "if_fractions")
+>>>>>>> main
 
 
 class PriorStore:
@@ -98,6 +113,19 @@ def check_kinds(guidance_cfg) -> None:
   for key, kinds in KINDS.items():
     if guidance_cfg[key] not in kinds:
       raise ValueError(f"config guidance.{key}={guidance_cfg[key]!r}; expected one of {kinds}")
+  if guidance_cfg.sd_t_schedule not in SD_T_SCHEDULES:
+    raise ConfigError(f"config guidance.sd_t_schedule={guidance_cfg.sd_t_schedule!r}; "
+                      f"expected one of {SD_T_SCHEDULES}")
+
+
+def timestep_map(kind: str, prior, guidance_cfg) -> tuple | None:
+  """The prior's step for each drawn IF step: SD's step of equal SNR under
+  sd_t_schedule="snr_matched_if"; None (the drawn step itself) otherwise."""
+  if kind != "sd" or guidance_cfg.sd_t_schedule != "snr_matched_if":
+    return None
+  steps = noise_schedule.snr_matched_timesteps(noise_schedule.deepfloyd_if_alphas_cumprod(),
+                                               prior.alphas_cumprod())
+  return tuple(int(t) for t in steps)
 
 
 def build(cfg, stage: str, store: PriorStore | None = None, reference: dict | None = None):
@@ -113,5 +141,6 @@ def build(cfg, stage: str, store: PriorStore | None = None, reference: dict | No
     for name in ("t_min", "t_max"):
       schedules.check_schedule(ranges[name], f"{stage}.guidance.{slot}.{name}")
     terms[slot] = SDSGuidance(prior=prior, t_min=tuple(ranges.t_min),
-                              t_max=tuple(ranges.t_max))
+                              t_max=tuple(ranges.t_max),
+                              timestep_map=timestep_map(kind, prior, cfg.guidance))
   return terms, params

@@ -5,7 +5,10 @@ timestep; ε ~ N(0, I); ᾱ_t the noise schedule; x_t = √ᾱ_t x + √(1-ᾱ_t
 (guided) noise prediction; w(t) = 1 - ᾱ_t. The SDS gradient is g = w(t)(ε̂ - ε), applied with
 the stop-gradient-target trick: loss = ½‖x - sg(x - g)‖²_sum / B, so ∂loss/∂x = g / B exactly
 (reference §3.1, "SDS-style gradients"). t_min, t_max are fractions of the T = 1000 steps and
-schedules of the training step (timestep annealing).
+schedules of the training step (timestep annealing). An optional `timestep_map` [T] sends each
+drawn t to the step the prior is queried at (Stable Diffusion standing in for IF: the SD step
+of the same SNR, priors/noise_schedule.snr_matched_timesteps); ᾱ and w are then the prior's
+at the mapped step.
 """
 
 import dataclasses
@@ -60,21 +63,27 @@ def score_distillation(x: jax.Array, eps_fn: Callable[[jax.Array, jax.Array], ja
 
 @dataclasses.dataclass(frozen=True)
 class SDSGuidance:
-  """One guidance term: a prior plus its annealed timestep range."""
+  """One guidance term: a prior plus its annealed timestep range (fractions of T), and
+  optionally timestep_map: T ints, the prior's step for each drawn step (a tuple, so the
+  guidance stays hashable and static under jit)."""
   prior: Any
   t_min: schedules.Schedule = 0.02
   t_max: schedules.Schedule = 0.98
+  timestep_map: tuple | None = None
 
   def loss(self, params, images: jax.Array, cameras: Camera, step, key):
     """[B, H, W, 3] renders of `cameras` -> (scalar loss, metrics dict)."""
     k_t, k_noise, k_encode = jax.random.split(key, 3)
     alphas = jnp.asarray(self.prior.alphas_cumprod())
     x = self.prior.encode(params, images, k_encode)
+    n_steps = alphas.shape[0] if self.timestep_map is None else len(self.timestep_map)
     t = sample_timesteps(k_t, x.shape[0], schedules.scalar(self.t_min, step),
-                         schedules.scalar(self.t_max, step), alphas.shape[0])
+                         schedules.scalar(self.t_max, step), n_steps)
+    if self.timestep_map is not None:
+      t = jnp.asarray(self.timestep_map, jnp.int32)[t]
     cond = self.prior.condition(params, cameras)
     noise = jax.random.normal(k_noise, x.shape, x.dtype)
     eps_fn = lambda x_t, tt: self.prior.predict_noise(params, x_t, tt, cond)
     loss, grad = score_distillation(x, eps_fn, t, noise, alphas)
-    return loss, {"t": jnp.mean(t.astype(jnp.float32)),
+    return loss, {"t": jnp.mean(t.astype(jnp.float32)),        # the prior's (mapped) step
                   "grad_norm": jnp.sqrt(jnp.sum(grad ** 2) / x.shape[0])}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dc3d_jax import errors
 from dc3d_jax.io.images import resize_area
 
 MODEL_ENV = "DC3D_U2NETP"
@@ -24,7 +25,7 @@ _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-class MissingModelError(FileNotFoundError):
+class MissingModelError(errors.AssetError, FileNotFoundError):
   """The u2netp ONNX file is not where it should be; the message says how to get it."""
 
 

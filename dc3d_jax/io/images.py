@@ -1,10 +1,15 @@
 """Load reference images and depth maps into float32 arrays, and resize them.
 
-Conventions (docs/DESIGN.md): images are float32 in [0, 1], [H, W, C], straight (not
+Conventions (docs/ARCHITECTURE.md): images are float32 in [0, 1], [H, W, C], straight (not
 premultiplied) alpha; masks and depth are [H, W, 1]. Host-side NumPy/PIL only, no JAX.
 
 The reference loader (DreamCraft3D `data/image.py`) resizes with OpenCV's INTER_AREA, takes
 mask = alpha > 0.5 and depth = png / 255; `reference_arrays` reproduces that contract.
+
+Depth convention: a reference depth map grows with distance, near = dark, far = bright, as
+the reference's preprocessing writes it (Omnidata depth, min-max normalised to [0, 1] inside
+the mask, 0 outside). Monocular estimators often give disparity instead (near = bright);
+`load_depth(kind="disparity")` turns it into depth's direction (`DEPTH_KINDS`).
 """
 
 import os
@@ -13,6 +18,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dc3d_jax import errors
+
 # Modes whose pixels carry their own alpha; "P"/"L"/"RGB" may instead carry a tRNS entry.
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -20,19 +27,25 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 BackgroundRemover = Callable[[np.ndarray], np.ndarray]
 
 
-class ImageInputError(ValueError):
-  """A user-supplied image cannot be used as given; the message says how to fix it."""
+# A user-supplied image cannot be used as given; the message says how to fix it.
+ImageInputError = errors.InputError
+
+
+class ImageNotFoundError(errors.InputError, FileNotFoundError):
+  """A user-supplied image path that names no file."""
 
 
 def _open(path) -> Image.Image:
   """Opens and fully decodes an image; errors name the file."""
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such image file")
+    raise ImageNotFoundError(f"{path}: no such image file; check the path (config data.image "
+                             "/ data.depth)")
   try:
     img = Image.open(path)
     img.load()  # decode now, so a truncated file fails here and not later
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+  except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+          ValueError) as err:
     raise ImageInputError(f"{path}: cannot read the image ({err})") from err
   return img
 
@@ -100,13 +113,28 @@ def _grey_values(img: Image.Image, path) -> np.ndarray:
   return rgb[..., 0].astype(np.float32) / 255.0
 
 
-def load_depth(path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
-  """Loads a depth map as [H, W, 1] float32: 8/16-bit grey divided by 255/65535.
+DEPTH_KINDS = ("depth", "disparity")
 
-  A 3-channel image is accepted when its channels are equal. With `shape_hw` the map is
-  resized (resize_area) to that (h, w), e.g. the RGBA image's size.
+
+def load_depth(path, shape_hw: tuple[int, int] | None = None, kind: str = "depth") -> np.ndarray:
+  """Loads a depth map as [H, W, 1] float32 in [0, 1] that grows with distance (near = dark).
+
+  The map is 8/16-bit grey divided by 255/65535; a 3-channel image is accepted when its
+  channels are equal. kind (data.depth_kind): "depth" is taken as it is, the reference's
+  convention (Omnidata depth, min-max normalised inside the mask, near = dark); "disparity"
+  (near = bright, e.g. MiDaS-style inverse depth) becomes 1 - value. A normalised disparity
+  has lost the shift that 1/disparity would need, but the loss that reads the map
+  (losses.depth_rel, 1 - Pearson correlation inside the mask) ignores scale and shift, so
+  negating is the direction fix that matters: for an object at the reference distance the
+  loss is then the depth map's to within a few 1e-3 (tests/test_io.py). Pixels outside the
+  mask are not read. With `shape_hw` the map is resized (resize_area) to that (h, w).
   """
+  if kind not in DEPTH_KINDS:
+    raise errors.ConfigError(f"config data.depth_kind={kind!r}; expected one of {DEPTH_KINDS} "
+                      "(disparity: near is bright)")
   depth = _grey_values(_open(path), path)[..., None]
+  if kind == "disparity":
+    depth = 1.0 - depth
   if shape_hw is not None and depth.shape[:2] != tuple(shape_hw):
     depth = resize_area(depth, shape_hw)
   return depth

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,7 +41,7 @@ def atomic_path(path):
     tmp.unlink(missing_ok=True)  # BaseException too: Ctrl-C leaves no debris
 
 
-def _to_uint8(img, what) -> np.ndarray:
+def to_uint8(img, what) -> np.ndarray:
   """float [0, 1] (or uint8) -> uint8, refusing NaN/Inf rather than hiding them."""
   img = np.asarray(img)
   if img.dtype == np.uint8:
@@ -53,7 +54,7 @@ def _to_uint8(img, what) -> np.ndarray:
 
 def save_png(path, img) -> None:
   """Writes [H, W, 1|3|4] (or [H, W]) float in [0, 1] as an 8-bit grey/RGB/RGBA PNG."""
-  img = _to_uint8(img, path)
+  img = to_uint8(img, path)
   img = img[..., None] if img.ndim == 2 else img
   if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
     raise ValueError(f"{path}: save_png wants [H, W, 1|3|4], got {img.shape}")
@@ -104,7 +105,7 @@ def _as_float(frame) -> np.ndarray:
 
 def _even_frame(frame, what) -> np.ndarray:
   """uint8 [H, W, 3] padded with white at the bottom/right to even sides (yuv420p needs it)."""
-  rgb = _to_uint8(to_rgb_on_white(_as_float(frame)), what)
+  rgb = to_uint8(to_rgb_on_white(_as_float(frame)), what)
   h, w = rgb.shape[:2]
   pad = ((0, h % 2), (0, w % 2), (0, 0))
   return np.ascontiguousarray(np.pad(rgb, pad, constant_values=255))
@@ -168,6 +169,12 @@ def save_json(path, obj) -> None:
   text = json.dumps(to_python(obj), sort_keys=True, indent=2) + "\n"
   with atomic_path(path) as tmp:
     tmp.write_text(text)
+
+
+def copy_file(source, path) -> None:
+  """Copies a file to `path`, atomically, creating parent dirs."""
+  with atomic_path(path) as tmp:
+    shutil.copyfile(source, tmp)
 
 
 def append_jsonl(path, obj) -> None:

@@ -208,6 +208,10 @@ def zero123_from_folder(found: resolve.ResolvedModel) -> Zero123Source:
   """A diffusers Zero1to3 folder (unet, vae, image_encoder, cc_projection, scheduler)."""
   f = found.files
   schedule = read_schedule(f["scheduler_config"])   # cheap checks before reading weights
+  if schedule.prediction_type != "epsilon":
+    raise UnsupportedModelError(
+        f"{f['scheduler_config']}: prediction_type={schedule.prediction_type!r}; Zero123 "
+        "models predict ε (the Zero123 prior has no v -> ε conversion)")
   unet_config = check_flax_unet_config(read_json(f["unet_config"]))
   vae_config = read_json(f["vae_config"])
   cc_file = f["cc_projection_weights"]

@@ -5,7 +5,7 @@ These containers are what `priors/loading.py` returns and what the guidance prio
 transformers' Flax classes; params are plain pytrees of jnp arrays (cast to the compute dtype
 by the loader), so they can be passed into jitted steps as frozen, non-donated arguments.
 
-Layout conventions at this boundary (DESIGN.md): images NHWC in [0, 1]; latents NHWC. The
+Layout conventions at this boundary (docs/ARCHITECTURE.md): images NHWC in [0, 1]; latents NHWC. The
 diffusers Flax VAE takes NCHW pixels in [-1, 1] and returns NHWC latents; its decoder returns
 NCHW. Conversion happens in the priors, nowhere else.
 """

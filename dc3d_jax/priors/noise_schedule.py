@@ -1,7 +1,13 @@
-"""Discrete DDPM noise schedules: β_t for t = 0..T-1 and ᾱ_t = Π_{s≤t} (1 - β_s).
+"""Discrete DDPM noise schedules: β_t for t = 0..T-1 and ᾱ_t = Π_{s≤t} (1 - β_s), and the
+map between two schedules that matches their signal-to-noise ratios SNR_t = ᾱ_t / (1 - ᾱ_t).
 
 Kinds follow diffusers' names: "linear", "scaled_linear" (Stable Diffusion, Zero123:
 β from 0.00085 to 0.012) and "squaredcos_cap_v2" (DeepFloyd IF).
+
+`snr_matched_timesteps(ᾱ_IF, ᾱ_SD)` is how Stable Diffusion stands in for IF (reference §10:
+at the same t SD's ᾱ is far lower, e.g. t = 500: 0.28 vs 0.49): each step t drawn from the
+reference's IF t range becomes the SD step t' with ᾱ_SD(t') ≈ ᾱ_IF(t), so SD sees inputs as
+noisy as IF did and w(t') = 1 - ᾱ_SD(t') ≈ 1 - ᾱ_IF(t). The table is in docs/ARCHITECTURE.md.
 """
 
 import math
@@ -33,3 +39,29 @@ def of_config(schedule) -> np.ndarray:
   """[T] float32 ᾱ_t of a models.NoiseScheduleConfig (a loaded model's training schedule)."""
   return alphas_cumprod(schedule.beta_schedule, schedule.beta_start, schedule.beta_end,
                         schedule.num_train_timesteps)
+
+
+def deepfloyd_if_alphas_cumprod() -> np.ndarray:
+  """[1000] ᾱ_t of DeepFloyd IF stage I (the reference's 2D prior): diffusers' cosine
+  schedule "squaredcos_cap_v2" over 1000 steps."""
+  return alphas_cumprod("squaredcos_cap_v2", num_steps=1000)
+
+
+def log_snr(alphas: np.ndarray) -> np.ndarray:
+  """[T] log(ᾱ / (1 - ᾱ)) in float64, ᾱ clipped to (0, 1) so both ends stay finite."""
+  a = np.clip(np.asarray(alphas, np.float64), 1e-12, 1.0 - 1e-12)
+  return np.log(a) - np.log1p(-a)
+
+
+def snr_matched_timesteps(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """[T_src] int32: for each source step t, the target step t' whose signal-to-noise ratio
+  ᾱ/(1 - ᾱ) is nearest to the source's in log space (ties to the smaller t'), i.e.
+  ᾱ_target(t') ≈ ᾱ_source(t). Both schedules must decrease in t."""
+  src, dst = log_snr(source), log_snr(target)
+  if np.any(np.diff(dst) >= 0) or np.any(np.diff(src) > 0):
+    raise ValueError("snr_matched_timesteps: ᾱ must decrease with t in both schedules")
+  # -dst increases: searchsorted finds the first t' with dst(t') <= src(t).
+  right = np.clip(np.searchsorted(-dst, -src, side="left"), 0, len(dst) - 1)
+  left = np.maximum(right - 1, 0)
+  closer_left = np.abs(dst[left] - src) <= np.abs(dst[right] - src)
+  return np.where(closer_left, left, right).astype(np.int32)

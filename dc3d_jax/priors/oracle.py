@@ -1,4 +1,4 @@
-"""The oracle prior: a denoiser that knows the ground-truth object (DESIGN.md).
+"""The oracle prior: a denoiser that knows the ground-truth object (docs/ARCHITECTURE.md).
 
 For a camera it renders the ground-truth mesh, x0 = 2·render - 1 at the prior's resolution,
 and predicts the noise that maps x_t back to it: ε̂ = (x_t - √ᾱ_t x0)/√(1-ᾱ_t). Under SDS this

@@ -1,4 +1,5 @@
-"""Compute precision of the diffusion priors (DESIGN.md: bf16 on GPU, fp32 on CPU).
+"""Compute precision of the diffusion priors: bf16 on GPU, fp32 on CPU (docs/ARCHITECTURE.md,
+"Priors without downloads").
 
 Fields always train in fp32; only the frozen prior weights and their activations change.
 XLA:CPU runs bf16 convolutions slower than fp32 and with less accuracy, hence "auto".

@@ -1,4 +1,5 @@
-"""Model argument -> local files, never the network (DESIGN.md "Priors without downloads").
+"""Model argument -> local files, never the network (docs/ARCHITECTURE.md
+"Priors without downloads").
 
 A model argument is one of:
   - a local folder in diffusers layout, checked for completeness for its kind;
@@ -16,6 +17,8 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+
+from dc3d_jax import errors
 
 KINDS = ("stable_diffusion", "zero123", "clip_vision")
 LDM_SUFFIXES = (".ckpt", ".safetensors")
@@ -84,8 +87,9 @@ LAYOUTS = {
 }
 
 
-class ModelNotFoundError(FileNotFoundError):
-  """A model argument that resolves to no complete local model."""
+# A model argument that resolves to no complete local model (errors.ModelNotFound: a
+# ModelError and a FileNotFoundError), under the name this module has always used.
+ModelNotFoundError = errors.ModelNotFound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +124,7 @@ def hf_cache_dir() -> Path:
 def resolve_model(model: str, kind: str) -> ResolvedModel:
   """Resolves a model argument of `kind` to local files; raises ModelNotFoundError."""
   if kind not in KINDS:
-    raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")  # a bug
   model = str(model)
   path = Path(model).expanduser()
   if path.suffix in LDM_SUFFIXES:

@@ -1,63 +1,137 @@
 """PyTorch weight files -> numpy state dicts, and state dicts -> Flax params.
 
 Files are read without torch where possible (safetensors.numpy) and with
-`torch.load(..., weights_only=True)` otherwise; tensors keep their storage dtype. The
+`torch.load(..., weights_only=True)` otherwise; tensors keep their storage dtype. A damaged
+file, or one that pickles more than tensors, raises errors.ModelError naming it
+(`check_weights_file` is the cheap header check a run makes before it writes anything). The
 conversions call the libraries' own PyTorch -> Flax converters and check that every
 parameter of the Flax model is present.
 """
 
 import json
 import pickle
+import re
 import types
+import zipfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dc3d_jax import errors
 from dc3d_jax.priors.models import NoiseScheduleConfig
 
 DEFAULT_VAE_SCALING = 0.18215
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")   # noise_schedule.py
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(errors.ModelError):
   """A model whose configuration the Flax classes cannot represent."""
 
 
 # ----------------------------------------------------------------------- reading files
 
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch's legacy (pre-1.6) format opens with a pickled magic number (protocol 2, long1).
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _damaged(path, why: str) -> errors.ModelError:
+  return errors.ModelError(f"{path}: cannot read the weights: {why.rstrip('. ')}. The file is "
+                           "truncated or damaged; copy or download it again")
+
+
 def read_json(path) -> dict:
-  return json.loads(Path(path).read_text())
+  try:
+    return json.loads(Path(path).read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    raise errors.ModelError(f"{path}: not a readable JSON config ({err}); copy the model "
+                            "folder again") from None
+
+
+def _check_safetensors(path: Path, size: int) -> None:
+  """The header is a little-endian u64 length, then JSON whose data_offsets end at EOF."""
+  with open(path, "rb") as f:
+    head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if n <= 1 or 8 + n > size:
+      raise _damaged(path, "no valid safetensors header")
+    try:
+      header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      raise _damaged(path, "its safetensors header is not JSON") from None
+  ends = [v["data_offsets"][1] for k, v in header.items()
+          if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+  if 8 + n + max(ends, default=0) > size:
+    raise _damaged(path, f"the header describes {8 + n + max(ends)} bytes, the file has {size}")
+
+
+def check_weights_file(path) -> None:
+  """Cheap integrity check (headers and sizes, no tensors read) of a .safetensors file, a
+  zip-format PyTorch file or a legacy-pickle one; raises ModelError naming the file."""
+  path = Path(path)
+  size = path.stat().st_size
+  if path.suffix == ".safetensors":
+    return _check_safetensors(path, size)
+  with open(path, "rb") as f:
+    head = f.read(len(_LEGACY_MAGIC))
+  if head.startswith(_ZIP_MAGIC):
+    try:
+      with zipfile.ZipFile(path) as archive:
+        archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+      raise _damaged(path, f"its zip archive is incomplete ({err})") from None
+  elif head != _LEGACY_MAGIC:
+    raise _damaged(path, "it is neither a PyTorch zip archive nor a legacy PyTorch pickle")
 
 
 def read_state_dict(path) -> dict:
   """A weights file -> {name: numpy array} in its storage dtype (bf16 via ml_dtypes)."""
   path = Path(path)
+  check_weights_file(path)
   if path.suffix == ".safetensors":
     import safetensors.numpy
-    return safetensors.numpy.load_file(str(path))
+    try:
+      return safetensors.numpy.load_file(str(path))
+    except Exception as err:  # SafetensorError derives from Exception only
+      raise _damaged(path, str(err)) from None
   state = torch_load(path)
   if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
     state = state["state_dict"]   # Lightning checkpoints keep the weights under "state_dict"
+  if not isinstance(state, dict):
+    raise errors.ModelError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
   return {k: _torch_to_numpy(v) for k, v in state.items() if _is_tensor(v)}
 
 
+def _refused_global(err) -> str:
+  found = re.search(r"GLOBAL ([\w.]+)", str(err))
+  return found.group(1) if found else "a Python object"
+
+
 def torch_load(path: Path):
-  """torch.load without arbitrary code execution (weights_only), memory-mapped if possible."""
+  """torch.load without arbitrary code execution (weights_only), memory-mapped if possible.
+
+  A file that pickles more than tensors is refused (loading it could run its code), and a
+  damaged file is named; neither message suggests turning weights_only off."""
   import torch
   try:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except RuntimeError as err:
-    if "mmap" not in str(err):   # old (non-zip) serialization cannot be memory-mapped
-      raise
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+      return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+      if "mmap" not in str(err):   # old (non-zip) serialization cannot be memory-mapped
+        raise
+      return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as err:
-    raise UnsupportedModelError(
-        f"{path}: torch.load(weights_only=True) refused the file, which pickles more than "
-        "tensors. If you trust it, re-save only its weights, e.g. "
-        "safetensors.torch.save_file(torch.load(p, weights_only=False)['state_dict'], "
-        f"'model.safetensors'), and pass that file.\n({err})") from None
+    if "Weights only load failed" not in str(err):
+      raise _damaged(path, f"its pickle is broken ({str(err)[:120]})") from None
+    raise errors.ModelError(
+        f"{path}: the checkpoint pickles {_refused_global(err)}, not only tensors, and such "
+        "objects are never unpickled here (unpickling can run arbitrary code). Use a "
+        ".safetensors copy of the same weights, or a checkpoint that holds only tensors"
+    ) from None
+  except (RuntimeError, EOFError, OSError, KeyError, ValueError, AttributeError) as err:
+    raise _damaged(path, f"{type(err).__name__}: {str(err)[:160]}") from None
 
 
 def _is_tensor(value) -> bool:
@@ -79,8 +153,14 @@ def vae_scaling(vae_config: dict) -> float:
   return float(vae_config.get("scaling_factor") or DEFAULT_VAE_SCALING)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")   # what the priors turn into ε
+
+
 def read_schedule(path) -> NoiseScheduleConfig:
-  """scheduler_config.json -> NoiseScheduleConfig; absent: Zero123's (§3.2) scaled-linear."""
+  """scheduler_config.json -> NoiseScheduleConfig; absent: Zero123's (§3.2) scaled-linear.
+
+  prediction_type "epsilon" (SD 2.1-base, Zero123) or "v_prediction" (SD 2.1 at 768 px,
+  which the Stable Diffusion prior converts to ε); "sample" and others are refused."""
   if path is None:
     return NoiseScheduleConfig()
   config = read_json(path)
@@ -90,11 +170,10 @@ def read_schedule(path) -> NoiseScheduleConfig:
       beta_end=float(config.get("beta_end", 0.02)),
       num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
       prediction_type=config.get("prediction_type", "epsilon"))
-  if schedule.prediction_type != "epsilon":
+  if schedule.prediction_type not in PREDICTION_TYPES:
     raise UnsupportedModelError(
-        f"{path}: prediction_type={schedule.prediction_type!r}; only 'epsilon' models are "
-        "supported (score distillation here uses ε predictions, e.g. SD 2.1-base, not the "
-        "v-prediction SD 2.1 768)")
+        f"{path}: prediction_type={schedule.prediction_type!r}; supported: "
+        f"{PREDICTION_TYPES} (score distillation needs ε, which v converts to)")
   if schedule.beta_schedule not in BETA_SCHEDULES or config.get("trained_betas"):
     raise UnsupportedModelError(
         f"{path}: beta_schedule={schedule.beta_schedule!r} / trained_betas not supported; "

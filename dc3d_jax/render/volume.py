@@ -1,8 +1,10 @@
 """Volume rendering with packed samples and a static sample budget.
 
 Symbols: a ray x(t) = o + t·d (|d| = 1, t in world units); Δ = render step; σ_i the density
-at sample i; α_i = 1 - exp(-σ_i Δ); T_i = exp(-Σ_{j<i} σ_j Δ); w_i = T_i α_i.
-Colour C = Σ w_i c_i + (1 - Σ w_i)·background; depth = Σ w_i t_i (distance, not z).
+at sample i; α_i = 1 - exp(-σ_i Δ); T_i = Π_{j<i} (1 - α_j) (= exp(-Σ_{j<i} σ_j Δ));
+w_i = T_i α_i. Colour C = Σ w_i c_i + (1 - Σ w_i)·background; depth = Σ w_i t_i (distance,
+not z). Compositing works on alphas, so NeuS (render/neus.py), whose α_i come from SDF values
+rather than densities, shares the sampling, packing, pruning and compositing here.
 
 Sampling (reference §1a, nerfacc-like): candidates every Δ = 2√3 r / n_diag along each ray
 inside the box [-r, r]^3, one stratified offset per ray; candidates in empty occupancy cells
@@ -11,8 +13,9 @@ fixed budget of K slots per view. When more than K survive, every ray is cut at 
 sample index (the far ends go first, where transmittance is lowest) and `kept_frac` reports
 the loss; size the budget so kept_frac stays 1.
 
-Pruning (optional, no gradient): a density-only pre-pass over the occupied candidates (budget
-`prepass_samples_per_ray`) drops samples with α < alpha_threshold (nerfacc's alpha_thre, 0.01
+Pruning (optional, no gradient): a pre-pass over the occupied candidates (budget
+`prepass_samples_per_ray`) evaluates an estimate of each sample's α (NeRF: from the density;
+NeuS: its simplified alpha) and drops samples with α < alpha_threshold (nerfacc's alpha_thre, 0.01
 in the reference) and, a DEVIATION off by default, samples behind transmittance
 < transmittance_threshold (nerfacc's early stop, which the reference leaves at 0); survivors
 are packed again into the gradient pass's budget.
@@ -30,6 +33,7 @@ from dc3d_jax.core.types import Rays
 from dc3d_jax.render import occupancy
 
 DensityFn = Callable[[jax.Array], jax.Array]               # [N,3] -> [N]
+AlphaFn = Callable[[jax.Array], jax.Array]                 # [N,3] -> [N] α estimate in [0, 1]
 FieldFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # [N,3] -> ([N], [N,3] rgb)
 
 
@@ -118,30 +122,45 @@ def repack(keep: jax.Array, ray: jax.Array, sample: jax.Array, n_rays: int, n_sa
   return jnp.where(live, ray[safe], n_rays), jnp.where(live, sample[safe], 0), live, kept_frac
 
 
-def _exclusive_segment_cumsum(values: jax.Array, segment: jax.Array, max_len: int):
-  """Per-segment exclusive prefix sum of a packed array of contiguous segments.
+def exclusive_segment_prod(factors: jax.Array, segment: jax.Array, max_len: int):
+  """Per-segment exclusive prefix product of a packed array of contiguous segments.
 
-  Hillis-Steele doubling: ⌈log2 max_len⌉ shift-and-add passes, each adding the partial sum
-  2^k places back when it lies in the same segment. Sums never cross a segment, so float32
-  keeps per-ray precision (a global cumsum minus segment offsets would not), and the graph is
-  a few ops per pass (jax.lax.associative_scan compiled ~5x slower here).
+  Each factor is first shifted one place along its segment (a segment's first slot gets 1),
+  then Hillis-Steele doubling takes ⌈log2 max_len⌉ multiply passes, each combining with the
+  partial product 2^k places back when it lies in the same segment. Products never cross a
+  segment, need no division (so α = 1 is exact and differentiable), and the graph is a few ops
+  per pass (jax.lax.associative_scan compiled ~5x slower here).
   """
-  total = values
-  shift = 1
-  while shift < max_len:
-    prev = jnp.concatenate([jnp.zeros((shift,), total.dtype), total[:-shift]])
-    same = jnp.concatenate([jnp.zeros((shift,), bool), segment[shift:] == segment[:-shift]])
-    total = total + jnp.where(same, prev, 0.0)
+  def same_as_previous(shift):
+    return jnp.concatenate([jnp.zeros((shift,), bool), segment[shift:] == segment[:-shift]])
+
+  def shifted(x, shift):
+    return jnp.concatenate([jnp.ones((shift,), x.dtype), x[:-shift]])
+
+  total = jnp.where(same_as_previous(1), shifted(factors, 1), 1.0)
+  shift, span = 1, min(max_len, factors.shape[0])
+  while shift < span:
+    total = total * jnp.where(same_as_previous(shift), shifted(total, shift), 1.0)
     shift *= 2
-  return total - values
+  return total
+
+
+def density_alpha(sigma: jax.Array, step_size: float) -> jax.Array:
+  """α = 1 - exp(-σΔ): the opacity of a sample of density σ and length Δ."""
+  return -jnp.expm1(-sigma * step_size)
+
+
+def weights_from_alpha(alpha: jax.Array, ray: jax.Array, live: jax.Array, max_len: int):
+  """Packed [K] alphas (ray-major, near to far, ≤ max_len per ray) -> [K] w_i = T_i α_i with
+  T_i = Π_{j<i} (1 - α_j) along the ray; dead slots weigh 0."""
+  alpha = jnp.where(live, alpha, 0.0)
+  return exclusive_segment_prod(1.0 - alpha, ray, max_len) * alpha
 
 
 def composite_weights(sigma: jax.Array, ray: jax.Array, live: jax.Array, step_size: float,
                       max_len: int):
   """Packed [K] densities (ray-major, near to far, ≤ max_len per ray) -> [K] w_i = T_i α_i."""
-  tau = jnp.where(live, sigma * step_size, 0.0)
-  transmittance = jnp.exp(-_exclusive_segment_cumsum(tau, ray, max_len))
-  return transmittance * (1.0 - jnp.exp(-tau))
+  return weights_from_alpha(density_alpha(sigma, step_size), ray, live, max_len)
 
 
 def accumulate(weights: jax.Array, values: jax.Array, ray: jax.Array, n_rays: int) -> jax.Array:
@@ -151,58 +170,89 @@ def accumulate(weights: jax.Array, values: jax.Array, ray: jax.Array, n_rays: in
   return summed[:n_rays]
 
 
+def finite_difference_gradient(value_fn: DensityFn, points: jax.Array, values: jax.Array,
+                               eps: float, radius: float) -> jax.Array:
+  """∇f by forward differences: ([N,3] points, [N] f there) -> [N,3]. 3 extra queries per
+  point, each clamped to the box [-r, r]^3 (reference §1: eps 0.01)."""
+  offsets = eps * jnp.eye(3)
+  shifted = jnp.clip(points[:, None, :] + offsets, -radius, radius)
+  values_shifted = value_fn(shifted.reshape(-1, 3)).reshape(-1, 3)
+  return (values_shifted - values[:, None]) / eps
+
+
 def finite_difference_normals(density_fn: DensityFn, points: jax.Array, density: jax.Array,
                               settings: VolumeSettings) -> jax.Array:
   """n = -∇σ/|∇σ| by forward differences (3 extra queries per point, clamped to the box)."""
-  offsets = settings.normal_eps * jnp.eye(3)
-  shifted = jnp.clip(points[:, None, :] + offsets, -settings.radius, settings.radius)
-  sigma_shifted = density_fn(shifted.reshape(-1, 3)).reshape(-1, 3)
-  grad = (sigma_shifted - density[:, None]) / settings.normal_eps
+  grad = finite_difference_gradient(density_fn, points, density, settings.normal_eps,
+                                    settings.radius)
   return numerics.safe_normalize(-grad)
 
 
-def _normal_outputs(density_fn, points, sigma, weights, ray, n_rays, settings, key,
-                    with_perturb: bool) -> dict:
-  normal = finite_difference_normals(density_fn, points, sigma, settings)
-  comp = numerics.safe_normalize(accumulate(weights, normal, ray, n_rays))
-  out = {"normal": normal, "comp_normal_raw": comp}
+def normal_outputs(normal: jax.Array, normal_fn, points, weights, ray, opacity,
+                   settings: VolumeSettings, key, with_perturb: bool) -> dict:
+  """Per-sample normals [K,3] -> {"normal", "comp_normal" [R,3] (the accumulated normal
+  mapped to [0,1], times opacity), and with_perturb "normal_perturb" = normal_fn(x + δ),
+  δ ~ N(0, perturb_std²) (reference §1a)}. normal_fn: [N,3] points -> [N,3] normals."""
+  comp = numerics.safe_normalize(accumulate(weights, normal, ray, opacity.shape[0]))
+  out = {"normal": normal, "comp_normal": 0.5 * (comp + 1.0) * opacity}
   if with_perturb:
     moved = points + settings.perturb_std * jax.random.normal(key, points.shape)
-    out["normal_perturb"] = finite_difference_normals(density_fn, moved, density_fn(moved),
-                                                      settings)
+    out["normal_perturb"] = normal_fn(moved)
   return out
 
 
-def _prune(density_fn, rays, t_mid, ray, sample, live, settings, budget):
+def packed_points(rays: Rays, t_mid: jax.Array, ray: jax.Array, sample: jax.Array):
+  """The packed samples' (t [K], dirs [K,3], points [K,3]); dead slots repeat the last ray."""
+  safe_ray = jnp.minimum(ray, rays.origins.shape[0] - 1)
+  t = t_mid[safe_ray, sample]
+  dirs = rays.directions[safe_ray]
+  return t, dirs, rays.origins[safe_ray] + t[:, None] * dirs
+
+
+def _prune(alpha_fn: AlphaFn, rays, t_mid, ray, sample, live, settings, budget):
   """No-gradient pre-pass: keep samples with α ≥ α_min and transmittance ≥ T_min."""
   n_rays, n = t_mid.shape
-  safe_ray = jnp.minimum(ray, n_rays - 1)
-  t = t_mid[safe_ray, sample]
-  points = rays.origins[safe_ray] + t[:, None] * rays.directions[safe_ray]
-  sigma = jax.lax.stop_gradient(density_fn(points))
-  tau = jnp.where(live, sigma * settings.step_size, 0.0)
-  transmittance = jnp.exp(-_exclusive_segment_cumsum(tau, ray, n))
-  keep = (live & (1.0 - jnp.exp(-tau) >= settings.alpha_threshold)
+  _, _, points = packed_points(rays, t_mid, ray, sample)
+  alpha = jnp.where(live, jax.lax.stop_gradient(alpha_fn(points)), 0.0)
+  transmittance = exclusive_segment_prod(1.0 - alpha, ray, n)
+  keep = (live & (alpha >= settings.alpha_threshold)
           & (transmittance >= settings.transmittance_threshold))
   return repack(keep, ray, sample, n_rays, n, budget)
 
 
-def _select_samples(density_fn, rays, grid, settings, key, budget):
-  """Candidates -> packed (t_mid, ray, sample, live, kept_frac) for the gradient pass."""
+def select_samples(alpha_fn: AlphaFn, rays: Rays, grid: occupancy.OccupancyGrid,
+                   settings: VolumeSettings, key, budget: int):
+  """Candidates in occupied cells, pruned by the pre-pass's α estimate `alpha_fn` when
+  settings.prunes -> packed (t_mid [R,N], ray [K], sample [K], live [K], kept_frac)."""
   n_rays = rays.origins.shape[0]
   t_mid, valid = candidate_samples(rays, jax.lax.stop_gradient(grid), settings, key)
   if not settings.prunes:
     return (t_mid,) + pack(valid, budget)
   prepass_budget = int(math.ceil(n_rays * settings.prepass_samples_per_ray))
   ray, sample, live, kept0 = pack(valid, prepass_budget)
-  ray, sample, live, kept1 = _prune(density_fn, rays, t_mid, ray, sample, live, settings, budget)
+  ray, sample, live, kept1 = _prune(alpha_fn, rays, t_mid, ray, sample, live, settings, budget)
   return t_mid, ray, sample, live, kept0 * kept1
+
+
+def composite(weights, rgb, t, dirs, live, ray, n_rays: int, kept_frac,
+              background: float) -> dict:
+  """Packed weights [K] and colours [K,3] -> per-ray rgb [R,3] (over the background),
+  opacity [R,1], depth [R,1], plus the per-sample weights, dirs, live and the budget's
+  kept_frac and samples_per_ray."""
+  opacity = accumulate(weights, jnp.ones_like(t)[:, None], ray, n_rays)
+  return {
+      "rgb": accumulate(weights, rgb, ray, n_rays) + (1.0 - opacity) * background,
+      "opacity": opacity,
+      "depth": accumulate(weights, t[:, None], ray, n_rays),
+      "weights": weights, "dirs": dirs, "live": live, "kept_frac": kept_frac,
+      "samples_per_ray": jnp.sum(live) / n_rays,
+  }
 
 
 def render_rays(field_fn: FieldFn, density_fn: DensityFn, rays: Rays,
                 grid: occupancy.OccupancyGrid, settings: VolumeSettings, key, *,
                 normals: str = "none", budget: int | None = None) -> dict:
-  """Renders flat rays [R]. normals: "none" | "normal" | "normal_perturb".
+  """Renders flat rays [R] of a density field. normals: "none" | "normal" | "normal_perturb".
 
   Returns per-ray rgb [R,3] (over the background), opacity [R,1], depth [R,1], and with
   normals comp_normal [R,3] (the accumulated normal mapped to [0,1], times opacity); per-sample
@@ -211,26 +261,17 @@ def render_rays(field_fn: FieldFn, density_fn: DensityFn, rays: Rays,
   """
   k_strat, k_perturb = jax.random.split(key)
   n_rays = rays.origins.shape[0]
-  t_mid, ray, sample, live, kept_frac = _select_samples(
-      density_fn, rays, grid, settings, k_strat, budget or settings.budget(n_rays))
-  safe_ray = jnp.minimum(ray, n_rays - 1)
-  t = t_mid[safe_ray, sample]
-  dirs = rays.directions[safe_ray]
-  points = rays.origins[safe_ray] + t[:, None] * dirs
+  alpha_fn = lambda x: density_alpha(density_fn(x), settings.step_size)
+  t_mid, ray, sample, live, kept_frac = select_samples(
+      alpha_fn, rays, grid, settings, k_strat, budget or settings.budget(n_rays))
+  t, dirs, points = packed_points(rays, t_mid, ray, sample)
   sigma, rgb = field_fn(points)
   weights = composite_weights(sigma, ray, live, settings.step_size,
                               settings.num_steps_diagonal)
-  opacity = accumulate(weights, jnp.ones_like(t)[:, None], ray, n_rays)
-  out = {
-      "rgb": accumulate(weights, rgb, ray, n_rays) + (1.0 - opacity) * settings.background,
-      "opacity": opacity,
-      "depth": accumulate(weights, t[:, None], ray, n_rays),
-      "weights": weights, "dirs": dirs, "live": live, "kept_frac": kept_frac,
-      "samples_per_ray": jnp.sum(live) / n_rays,
-  }
+  out = composite(weights, rgb, t, dirs, live, ray, n_rays, kept_frac, settings.background)
   if normals != "none":
-    extra = _normal_outputs(density_fn, points, sigma, weights, ray, n_rays, settings,
-                            k_perturb, with_perturb=normals == "normal_perturb")
-    out["comp_normal"] = 0.5 * (extra.pop("comp_normal_raw") + 1.0) * opacity
-    out.update(extra)
+    normal_fn = lambda x: finite_difference_normals(density_fn, x, density_fn(x), settings)
+    normal = finite_difference_normals(density_fn, points, sigma, settings)
+    out.update(normal_outputs(normal, normal_fn, points, weights, ray, out["opacity"],
+                              settings, k_perturb, with_perturb=normals == "normal_perturb"))
   return out

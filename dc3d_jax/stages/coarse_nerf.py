@@ -8,21 +8,19 @@ views were rendered. `parts` names the substeps one compiled step runs.
 """
 
 import dataclasses
-import functools
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from dc3d_jax import cameras as cams
-from dc3d_jax import losses
 from dc3d_jax.core import rng, schedules
 from dc3d_jax.core.chunking import map_in_chunks
-from dc3d_jax.core.types import Rays
 from dc3d_jax.fields.density import DensityField, DensitySettings
-from dc3d_jax.geometry import hash_grid
+from dc3d_jax.geometry import hash_grid, isosurface
 from dc3d_jax.render import occupancy, volume
-from dc3d_jax.stages import common
+from dc3d_jax.render.occupancy import OccupancySettings
+from dc3d_jax.stages import common, substeps
 
 NAME = "coarse_nerf"
 LOSS_TERMS = ("rgb", "mask", "depth_rel", "sds_2d", "sds_3d", "normal_smooth_2d",
@@ -37,14 +35,6 @@ class Band:
   start_level: int
   start_step: int
   update_steps: int
-
-
-@dataclasses.dataclass(frozen=True)
-class OccupancySettings:
-  resolution: int = 32
-  threshold: float = 0.01
-  decay: float = 0.95
-  every: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +53,7 @@ class Settings:
   data_sharding: Any = None
   field_chunk: int = 0          # points per field evaluation (0: all at once)
   remat: bool = False           # recompute field chunks in the backward pass (memory)
+  rays_noise_scale: float = 0.0  # reference-view ray jitter (data.rays_noise_scale)
 
   @property
   def active(self) -> frozenset:
@@ -96,7 +87,8 @@ def settings_from_config(cfg, guidance: Mapping, batch_size: int, data_sharding=
       weights=common.check_loss_weights(s.loss, LOSS_TERMS, NAME),
       guidance=dict(guidance), batch_size=batch_size,
       tx=common.make_optimizer(s.optim, PARAM_GROUPS), data_sharding=data_sharding,
-      field_chunk=r.field_chunk, remat=r.remat)
+      field_chunk=r.field_chunk, remat=r.remat,
+      rays_noise_scale=float(cfg.data.rays_noise_scale))
 
 
 def _field(settings: Settings) -> DensityField:
@@ -127,88 +119,37 @@ def field_fns(params, settings: Settings, mask: jax.Array):
   return chunked(apply), chunked(density)
 
 
-def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str):
-  """Cameras [B] -> (images {name: [B,H,W,C]}, packed samples {name: [B,K,...]})."""
+def render_views(params, grid, cameras, key, settings: Settings, mask, normals: str,
+                 jitter=None):
+  """Cameras [B] -> (images {name: [B,H,W,C]}, packed samples {name: [B,K,...]}).
+  jitter: optional [2, 3] ray offsets for every camera (cameras.camera_rays)."""
   field_fn, density_fn = field_fns(params, settings, mask)
-  h, w = cameras.height, cameras.width
-
-  def one(camera, k):
-    rays = cams.camera_rays(camera)
-    flat = jax.tree_util.tree_map(lambda a: a.reshape(-1, 3), rays)
-    out = volume.render_rays(field_fn, density_fn, flat, grid, settings.volume, k,
-                             normals=normals)
-    images = {n: out.pop(n).reshape(h, w, -1) for n in PER_RAY if n in out}
-    return images, out
-
-  keys = jax.random.split(key, cameras.fovy.shape[0])
-  return jax.vmap(one)(cameras, keys)
+  render_flat = lambda rays, k: volume.render_rays(field_fn, density_fn, rays, grid,
+                                                   settings.volume, k, normals=normals)
+  return substeps.render_views(render_flat, cameras, key, PER_RAY, jitter)
 
 
-def _regularizers(images, samples, active: frozenset, substep: str) -> dict:
-  terms = {}
-  if "orient" in active:
-    terms["orient"] = jnp.mean(jax.vmap(losses.orientation)(
-        samples["weights"], samples["normal"], samples["dirs"], samples["live"],
-        images["opacity"]))
-  if "normal_smooth_2d" in active:
-    terms["normal_smooth_2d"] = losses.normal_smooth_2d(images["comp_normal"])
-  if "normal_smooth_3d" in active:
-    terms["normal_smooth_3d"] = losses.normal_smooth_3d(
-        samples["normal"], samples["normal_perturb"], samples["live"])
-  if "opaque" in active:
-    terms["opaque"] = losses.opaque(images["opacity"])
-  if "sparsity" in active and substep == "guidance":
-    terms["sparsity"] = losses.sparsity(images["opacity"])
-  return terms
-
-
-def _ref_terms(images, ref: Mapping, active: frozenset, background: float) -> dict:
-  terms = {}
-  if "rgb" in active:
-    terms["rgb"] = losses.rgb(images["rgb"][0], ref["rgb"], ref["mask"], background)
-  if "mask" in active:
-    terms["mask"] = losses.mask(images["opacity"][0], ref["mask"])
-  if "depth_rel" in active and "depth" in ref:
-    terms["depth_rel"] = losses.depth_rel(images["depth"][0], ref["depth"], ref["mask"])
-  return terms
+def ref_ray_jitter(root_key, resolution: int, settings: Settings):
+  """The reference view's [2, 3] ray offsets at one render resolution (None when off)."""
+  return substeps.ref_ray_jitter(root_key, resolution, settings, NAME)
 
 
 def _substep(params, grid, substep: str, batch, prior_params, root_key, step,
              settings: Settings, mask):
   """Renders the substep's views; returns (terms, metrics)."""
-  h, w = batch["ref"]["rgb"].shape[:2]
-  key = rng.key_for(root_key, f"{NAME}/{substep}/render", step)
-  if substep == "ref":
-    cameras = cams.reference_camera(settings.views, h, w)[None]
-  else:
-    cameras = cams.random_cameras(rng.key_for(root_key, f"{NAME}/views", step), step,
-                                  settings.batch_size, settings.views, h, w)
-    if settings.data_sharding is not None:
-      cameras = jax.lax.with_sharding_constraint(cameras, settings.data_sharding)
-  images, samples = render_views(params, grid, cameras, key, settings, mask, settings.normals)
-  terms = _regularizers(images, samples, settings.active, substep)
-  metrics = {f"kept_frac/{substep}": jnp.min(samples["kept_frac"]),
-             f"samples_per_ray/{substep}": jnp.mean(samples["samples_per_ray"])}
-  if substep == "ref":
-    terms.update(_ref_terms(images, batch["ref"], settings.active, settings.volume.background))
-    return terms, metrics
-  for name, term in settings.guidance.items():
-    if name in settings.active:
-      k = rng.key_for(root_key, f"{NAME}/{name}", step)
-      terms[name], aux = term.loss(prior_params[name], images["rgb"], cameras, step, k)
-      metrics.update({f"{name}/{m}": v for m, v in aux.items()})
-  return terms, metrics
+  render = lambda cameras, key, jitter: render_views(params, grid, cameras, key, settings,
+                                                     mask, settings.normals, jitter)
+  return substeps.run_substep(render, substep, batch, prior_params, root_key, step, settings,
+                              NAME)
 
 
 def _update_occupancy(params, grid, step, root_key, settings: Settings, mask):
-  occ = settings.occupancy
+  """The grid's EMA of σΔ every settings.occupancy.every steps (reference §1a)."""
   _, density_fn = field_fns(params, settings, mask)
-  def update(g):
-    return occupancy.update_grid(
-        g, density_fn, rng.key_for(root_key, f"{NAME}/occupancy", step),
-        radius=settings.field.radius, step_size=settings.volume.step_size,
-        threshold=occ.threshold, decay=occ.decay)
-  return jax.lax.cond(step % occ.every == 0, update, lambda g: g, grid)
+  alpha_fn = lambda x: density_fn(x) * settings.volume.step_size
+  return occupancy.periodic_update(grid, alpha_fn, step,
+                                   rng.key_for(root_key, f"{NAME}/occupancy", step),
+                                   settings.occupancy, settings.field.radius)
 
 
 def train_step(state: common.TrainState, batch, prior_params, root_key, *,
@@ -220,13 +161,8 @@ def train_step(state: common.TrainState, batch, prior_params, root_key, *,
                            settings, mask)
 
   def loss_fn(params):
-    terms, metrics = {}, {}
-    for substep in parts:
-      t, m = _substep(params, grid, substep, batch, prior_params, root_key, step, settings,
-                      mask)
-      for name, value in t.items():
-        terms[name] = terms.get(name, 0.0) + value
-      metrics.update(m)
+    terms, metrics = substeps.sum_over(parts, lambda substep: _substep(
+        params, grid, substep, batch, prior_params, root_key, step, settings, mask))
     return common.weighted_total(terms, settings.weights, step), (terms, metrics)
 
   (total, (terms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -237,38 +173,35 @@ def train_step(state: common.TrainState, batch, prior_params, root_key, *,
 
 
 def render_image(params, grid, camera, step, *, settings: Settings, chunk: int) -> dict:
-  """One camera, full image, no gradient, ray chunks of `chunk` -> {name: [H, W, C]}."""
+  """One camera, full image, no gradient, ray chunks of `chunk` -> {name: [H, W, C]} plus
+  "kept_frac": the smallest fraction of live samples a chunk's budget kept (1: none cut)."""
   field_fn, density_fn = field_fns(params, settings, level_mask(settings, step))
   vol = dataclasses.replace(settings.volume, stratified=False)
-  rays = cams.camera_rays(camera)
-  flat = jnp.concatenate([rays.origins.reshape(-1, 3), rays.directions.reshape(-1, 3)], -1)
-  n = flat.shape[0]
-  flat = jnp.pad(flat, ((0, (-n) % chunk), (0, 0)), mode="edge").reshape(-1, chunk, 6)
-
-  def one(block):
-    r = Rays(origins=block[:, :3], directions=block[:, 3:])
-    out = volume.render_rays(field_fn, density_fn, r, grid, vol, jax.random.key(0),
-                             normals="normal")
-    return {k: out[k] for k in PER_RAY}
-
-  outs = jax.lax.map(one, flat)
-  return {k: v.reshape(-1, v.shape[-1])[:n].reshape(camera.height, camera.width, -1)
-          for k, v in outs.items()}
+  render_flat = lambda rays, key: volume.render_rays(field_fn, density_fn, rays, grid, vol,
+                                                     key, normals="normal")
+  return substeps.render_image(render_flat, camera, chunk, PER_RAY)
 
 
-def compile_steps(settings: Settings, substeps: str) -> dict:
+DENSITY_THRESHOLD = 25.0   # the reference's isosurface threshold of the density field
+
+
+def extract_mesh(state: common.TrainState, settings: Settings, resolution: int):
+  """The density's isosurface at DENSITY_THRESHOLD by marching cubes over the box ->
+  (vertices [V, 3], faces [F, 3]) numpy, training frame, outward winding."""
+  _, density_fn = field_fns(state.params, settings, level_mask(settings, state.step))
+  return isosurface.extract(jax.jit(density_fn), settings.field.radius, resolution,
+                            DENSITY_THRESHOLD, inside="above")
+
+
+def albedo_fn(state: common.TrainState, settings: Settings):
+  """[K, 3] world points -> [K, 3] colour in [0, 1] (the field has no shading)."""
+  field_fn, _ = field_fns(state.params, settings, level_mask(settings, state.step))
+  return jax.jit(lambda x: field_fn(x)[1])
+
+
+def compile_steps(settings: Settings, pattern: str) -> dict:
   """{parts: jitted train_step} for the substep pattern ("alternate" or "accumulate")."""
-  patterns = {"alternate": (("ref",), ("guidance",)), "accumulate": (("ref", "guidance"),)}
-  if substeps not in patterns:
-    raise ValueError(f"config {NAME}.train.substeps={substeps!r}; expected one of "
-                     f"{sorted(patterns)}")
-  return {parts: jax.jit(functools.partial(train_step, settings=settings, parts=parts),
-                         donate_argnums=(0,))
-          for parts in patterns[substeps]}
+  return common.compile_steps(train_step, settings, pattern, NAME)
 
 
-def parts_at(step: int, substeps: str) -> tuple:
-  """Reference "alternate": even steps the reference view, odd steps the guidance."""
-  if substeps == "accumulate":
-    return ("ref", "guidance")
-  return ("ref",) if step % 2 == 0 else ("guidance",)
+parts_at = common.parts_at

@@ -1,6 +1,8 @@
-"""What every stage shares: the TrainState, loss weighting, the optimizer and the guarded
-update. The loop that drives a stage lives in stages/loop.py."""
+"""What every stage shares: the TrainState, loss weighting, the optimizer, the guarded
+update, and one compiled step per substep pattern. The loop that drives a stage lives in
+stages/loop.py."""
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -9,6 +11,7 @@ import optax
 from flax import struct
 
 from dc3d_jax.core import numerics, schedules
+from dc3d_jax.errors import ConfigError
 
 
 @struct.dataclass(kw_only=True)
@@ -70,3 +73,24 @@ def apply_gradients(state: TrainState, grads, tx, buffers) -> TrainState:
   return TrainState(step=state.step + 1, params=pick(params, state.params),
                     opt_state=pick(opt_state, state.opt_state), buffers=buffers,
                     skipped=state.skipped + (1 - ok.astype(jnp.int32)))
+
+
+SUBSTEP_PATTERNS = {"alternate": (("ref",), ("guidance",)), "accumulate": (("ref", "guidance"),)}
+
+
+def compile_steps(train_step, settings, substeps: str, stage: str) -> dict:
+  """{parts: jitted train_step(state, batch, prior_params, root_key)} for the substep pattern
+  ("alternate" or "accumulate"), with the state donated."""
+  if substeps not in SUBSTEP_PATTERNS:
+    raise ConfigError(f"config {stage}.train.substeps={substeps!r}; expected one of "
+                     f"{sorted(SUBSTEP_PATTERNS)}")
+  return {parts: jax.jit(functools.partial(train_step, settings=settings, parts=parts),
+                         donate_argnums=(0,))
+          for parts in SUBSTEP_PATTERNS[substeps]}
+
+
+def parts_at(step: int, substeps: str) -> tuple:
+  """Reference "alternate": even steps the reference view, odd steps the guidance."""
+  if substeps == "accumulate":
+    return ("ref", "guidance")
+  return ("ref",) if step % 2 == 0 else ("guidance",)

@@ -1,9 +1,10 @@
-"""Tiny random-weight Stable Diffusion and Zero123 models, written in the real formats.
+"""Tiny random-weight Stable Diffusion and Zero123 models: the one home of the test fixtures.
 
 The models are built with the PyTorch classes the real checkpoints come from (diffusers
 UNet2DConditionModel / AutoencoderKL, transformers CLIPTextModel /
 CLIPVisionModelWithProjection) and saved as
   - a diffusers folder, weights in `.safetensors` ("diffusers") or `.bin` ("diffusers_bin");
+    Stable Diffusion as an ε- or a v-prediction model (`prediction_type`, SD 2.1-768 style);
   - an original LDM checkpoint, `.ckpt` ("ldm_ckpt") or `.safetensors` ("ldm_safetensors"),
     with the key names of `stable_zero123.ckpt` / `zero123-xl.ckpt`: model.diffusion_model.*,
     first_stage_model.*, cond_stage_model.model.visual.* (OpenAI CLIP), cc_projection.*,
@@ -11,8 +12,15 @@ CLIPVisionModelWithProjection) and saved as
 The diffusers -> LDM key mapping here is the inverse of what diffusers' single-file
 converters read, so loading an LDM file can be checked against the diffusers folder.
 
-Run:  python -m dc3d_jax.priors.tiny --kind sd|zero123 \
-        --format diffusers|diffusers_bin|ldm_ckpt|ldm_safetensors OUT
+Tests that need no PyTorch reference take `flax_stable_diffusion`: the same tiny shapes as
+Flax modules with random parameters drawn in NumPy (no PyTorch, no initialiser compiles).
+`zero123_source` hands in-memory PyTorch Zero123 modules to the library's own builder.
+
+The library does not use this module; tests and the README's commands do.
+
+Run:  python -m experiments.tiny_models --kind sd|zero123 \
+        --format diffusers|diffusers_bin|ldm_ckpt|ldm_safetensors \
+        [--prediction-type epsilon|v_prediction] OUT
 """
 
 import argparse
@@ -31,7 +39,7 @@ TINY_WORDS = (
     "render", "3d", "model", "front", "side", "back", "overhead", "bottom", "view",
     "red", "green", "blue", "yellow", "white", "black", "toy", "car", "chair", "cat",
     "dog", "robot", "teddy", "bear", "cup", "high", "quality", "detailed", "dslr", "zoomed",
-    "out", "animal", "wooden", "background", ",", ".",
+    "out", "animal", "wooden", "background", "blurry", ",", ".",
 )
 
 TINY_UNET = dict(
@@ -109,15 +117,18 @@ def tiny_vae(seed: int):
   return _randomize(AutoencoderKL(**TINY_VAE), seed + 1)
 
 
+def _text_config(vocab_size: int, eos_token_id: int) -> dict:
+  return dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+              hidden_act="gelu", bos_token_id=vocab_size - 2, eos_token_id=eos_token_id,
+              pad_token_id=eos_token_id)
+
+
 def tiny_text_encoder(vocab_size: int, eos_token_id: int, seed: int):
   import torch
   from transformers import CLIPTextConfig, CLIPTextModel
   torch.manual_seed(seed)
-  config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=2, num_attention_heads=4,
-                          max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
-                          bos_token_id=vocab_size - 2, eos_token_id=eos_token_id,
-                          pad_token_id=eos_token_id)
+  config = CLIPTextConfig(**_text_config(vocab_size, eos_token_id))
   return _randomize(CLIPTextModel(config), seed + 2)
 
 
@@ -137,16 +148,26 @@ def tiny_cc_projection(seed: int):
   return _randomize(torch.nn.Linear(dim + 4, TINY_UNET["cross_attention_dim"]), seed + 4)
 
 
-def write_tiny_stable_diffusion(out_dir, *, safetensors: bool = True, seed: int = 0) -> Path:
-  """A StableDiffusionPipeline folder (unet, vae, text_encoder, tokenizer, scheduler)."""
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def write_tiny_stable_diffusion(out_dir, *, safetensors: bool = True, seed: int = 0,
+                                prediction_type: str = "epsilon") -> Path:
+  """A StableDiffusionPipeline folder (unet, vae, text_encoder, tokenizer, scheduler).
+
+  prediction_type "v_prediction" writes what SD 2.1 (768 px) ships: the scheduler config says
+  the UNet predicts v = √ᾱ ε - √(1-ᾱ) x_0 (the random weights do not care)."""
   from diffusers import DDPMScheduler, StableDiffusionPipeline
+  if prediction_type not in PREDICTION_TYPES:
+    raise ValueError(f"prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+  schedule = dict(SCALED_LINEAR, prediction_type=prediction_type)
   with tempfile.TemporaryDirectory() as tmp:   # the tokenizer reads its files at init
     tokenizer = tiny_tokenizer(tmp)
   eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
   pipe = StableDiffusionPipeline(
       vae=tiny_vae(seed), text_encoder=tiny_text_encoder(len(tokenizer), eos, seed),
       tokenizer=tokenizer, unet=tiny_unet(4, use_linear_projection=True, seed=seed),
-      scheduler=DDPMScheduler(steps_offset=1, **SCALED_LINEAR), safety_checker=None,
+      scheduler=DDPMScheduler(steps_offset=1, **schedule), safety_checker=None,
       feature_extractor=None, requires_safety_checker=False)
   pipe.save_pretrained(out_dir, safe_serialization=safetensors)
   return Path(out_dir)
@@ -230,6 +251,71 @@ def save_ldm_checkpoint(state: dict, path: Path) -> Path:
     import safetensors.torch
     safetensors.torch.save_file(state, path)
   return path
+
+
+# ---- Flax models with NumPy-drawn parameters, and in-memory PyTorch -> the library --------
+
+def random_flax_params(init_fn, seed: int):
+  """Params in the shapes `init_fn(key)` gives, without running it (the Flax initialisers
+  cost tens of seconds of compiles on CPU): norm scales 1, biases 0, other weights
+  N(0, 1/fan_in) with fan_in = all axes but the last."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  shapes = jax.eval_shape(init_fn, jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", ""))
+    if name in ("scale", "bias"):
+      return jnp.full(leaf.shape, 1.0 if name == "scale" else 0.0, leaf.dtype)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def flax_stable_diffusion(folder, *, seed: int = 0, vae_blocks: int = 4,
+                          max_tokens: int = 77, source: str = "tiny-random-sd"):
+  """StableDiffusionModels of Flax modules in the tiny shapes (TINY_UNET, the first
+  `vae_blocks` blocks of TINY_VAE: downsampling 2**(vae_blocks - 1)) with random params, and
+  the tiny tokenizer written to `folder` (max_tokens long)."""
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+  from transformers import CLIPTextConfig, FlaxCLIPTextModel
+  from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
+  tokenizer = tiny_tokenizer(folder)
+  tokenizer.model_max_length = max_tokens
+  # from_config, as the loader builds them (it drops PyTorch-only keys like norm_num_groups).
+  unet = FlaxUNet2DConditionModel.from_config(dict(TINY_UNET, in_channels=4, out_channels=4,
+                                                   use_linear_projection=True))
+  vae_config = dict(TINY_VAE, block_out_channels=TINY_VAE["block_out_channels"][:vae_blocks],
+                    down_block_types=TINY_VAE["down_block_types"][:vae_blocks],
+                    up_block_types=TINY_VAE["up_block_types"][:vae_blocks])
+  vae = FlaxAutoencoderKL.from_config(vae_config)
+  eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  config = dict(_text_config(len(tokenizer), eos), max_position_embeddings=max_tokens)
+  text = FlaxCLIPTextModel(CLIPTextConfig(**config), _do_init=False)
+  params = {"unet": random_flax_params(unet.init_weights, seed),
+            "vae": random_flax_params(vae.init_weights, seed + 1),
+            "text_encoder": random_flax_params(
+                lambda k: text.init_weights(k, (1, max_tokens)), seed + 2)}
+  return StableDiffusionModels(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
+                               params=params, schedule=NoiseScheduleConfig(), source=source)
+
+
+def zero123_source(modules: dict):
+  """In-memory PyTorch modules (tiny_zero123_modules) -> the library's Zero123Source, for
+  `dc3d_jax.priors.loading.build_zero123` (the converters a file load runs)."""
+  from dc3d_jax.priors import models as prior_models
+  from dc3d_jax.priors.ldm_checkpoint import ClipVisionSource, Zero123Source
+  numpy = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}
+  encoder = modules["image_encoder"]
+  return Zero123Source(
+      unet_config=dict(modules["unet"].config), unet_state=numpy(modules["unet"]),
+      vae_config=dict(modules["vae"].config), vae_state=numpy(modules["vae"]),
+      clip=ClipVisionSource(encoder.config, numpy(encoder), size=encoder.config.image_size),
+      cc_projection=numpy(modules["cc_projection"]),
+      schedule=prior_models.NoiseScheduleConfig())
 
 
 # ---- diffusers / transformers -> LDM key names (the writer side of the round trip) ----
@@ -348,10 +434,12 @@ def zero123_ldm_state_dict(modules: dict, *, ema: bool = False,
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m dc3d_jax.priors.tiny",
+  parser = argparse.ArgumentParser(prog="python -m experiments.tiny_models",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--kind", choices=("sd", "zero123"), required=True)
   parser.add_argument("--format", choices=FORMATS, default="diffusers")
+  parser.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="epsilon",
+                      help="Stable Diffusion only: epsilon (2.1-base) or v_prediction (2.1)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("out")
   args = parser.parse_args(argv)
@@ -360,8 +448,10 @@ def main(argv=None):
       parser.error("single-file Stable Diffusion checkpoints are not supported; "
                    "use --format diffusers or diffusers_bin")
     path = write_tiny_stable_diffusion(args.out, safetensors=args.format == "diffusers",
-                                       seed=args.seed)
+                                       seed=args.seed, prediction_type=args.prediction_type)
   else:
+    if args.prediction_type != "epsilon":
+      parser.error("--prediction-type is for --kind sd (Zero123 predicts ε)")
     path = write_tiny_zero123(args.out, fmt=args.format, seed=args.seed)
   print(path)
 

@@ -1,0 +1,23 @@
+"""The shipped configs' claims: the CPU demo scales every step-based schedule of the
+reference config by one factor (configs/demo.py's docstring)."""
+
+from configs import demo, dreamcraft3d
+
+
+def test_demo_scales_every_step_based_schedule():
+  ref, small = dreamcraft3d.get_config().coarse_nerf, demo.get_config().coarse_nerf
+  at = lambda step: int(round(step * demo.SCALE))
+  assert small.train.steps == at(ref.train.steps) == demo.STEPS
+  assert small.views.progressive_until == at(ref.views.progressive_until) == 80
+  assert small.field.band_start_step == at(ref.field.band_start_step)
+  assert small.field.band_update_steps == at(ref.field.band_update_steps)
+  for slot in ("sds_2d", "sds_3d"):                    # timestep annealing
+    for name in ("t_min", "t_max"):
+      s0, v0, v1, s1 = ref.guidance[slot][name]
+      assert tuple(small.guidance[slot][name]) == (at(s0), v0, v1, at(s1))
+  ramps = [name for name, w in ref.loss.items() if len(w) == 4]
+  assert ramps
+  for name in ramps:                                   # loss-weight step changes
+    s0, v0, v1, s1 = ref.loss[name]
+    got = tuple(small.loss[name])
+    assert got == (0.0,) or got == (at(s0), v0, v1, at(s0) + (s1 - s0)), name
