@@ -87,7 +87,7 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   plan = loop.StagePlan(
       name="testbed_prior", steps=settings.steps,
       init_state=lambda: training.init_state(settings, rng.key_for(root, "testbed/init", 0)),
-      step_inputs=lambda step: (step_fn, data),
+      step_inputs=lambda step: ("train", step_fn, data),
       samples=_eval_hook(cfg, settings, heldout, root, run_dir))
   state = loop.run(plan, run_dir, cfg.train)
   ema = jax.device_get(training.params_tree(state.buffers["ema"], settings.arch))
