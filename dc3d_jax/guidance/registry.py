@@ -16,20 +16,13 @@ from pathlib import Path
 from dc3d_jax.core import schedules
 from dc3d_jax.errors import ConfigError
 from dc3d_jax.guidance.sds import SDSGuidance
-<<<<<<< HEAD
-from dc3d_jax.priors import loading, oracle, precision, stable_diffusion, testbed, zero123
+from dc3d_jax.priors import (loading, noise_schedule, oracle, precision, stable_diffusion,
+                             testbed, zero123)
 
 SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
 KINDS = {"prior_2d": ("none", "oracle", "sd"),
          "prior_3d": ("none", "oracle", "zero123", "testbed")}
-=======
-from dc3d_jax.priors import (loading, noise_schedule, oracle, precision, stable_diffusion,
-                             zero123)
-
-SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
-KINDS = {"prior_2d": ("none", "oracle", "sd"), "prior_3d": ("none", "oracle", "zero123")}
 SD_T_SCHEDULES = ("snr_matched_if", "if_fractions")
->>>>>>> main
 
 
 class PriorStore:
