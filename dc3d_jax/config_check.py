@@ -77,6 +77,8 @@ GUIDANCE = Section("guidance", {
     "zero123_image_encoder": Text("CLIP ViT-L/14 folder or id, for checkpoints without one"),
     "zero123_variant": Choice("Zero123 pose encoding", options=zero123.VARIANTS),
     "zero123_guidance_scale": Float("classifier-free guidance scale of Zero123", 0.0),
+    "testbed_model": Text("testbed prior: a .safetensors written by experiments/train_prior.py"),
+    "testbed_guidance_scale": Float("classifier-free guidance scale of the testbed prior", 0.0),
     "zero123_render_size": Int("renders are resized to this before Zero123's VAE", 8,
                                multiple_of=8),
     "oracle_object": Text("the built-in object the oracle prior knows", required=True),

@@ -31,7 +31,7 @@ from dc3d_jax.core import config_rules, devices, rng
 from dc3d_jax.geometry import isosurface
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
-from dc3d_jax.priors import oracle, resolve, state_dicts
+from dc3d_jax.priors import oracle, resolve, state_dicts, testbed
 from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
 from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
 
@@ -176,6 +176,8 @@ def preflight(cfg) -> Inputs:
   path = workdir.check_path(cfg.workdir)
   models = _models(cfg)
   _check_models(models)
+  if cfg.guidance.prior_3d == "testbed":   # one small file: read and check it whole
+    testbed.load_model(testbed.resolve(cfg.guidance.testbed_model))
   gt = oracle.ground_truth_mesh(cfg.guidance.oracle_object) if _uses_oracle(cfg) else None
   ref = reference.load(cfg, gt)
   if ref is not None:
