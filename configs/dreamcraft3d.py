@@ -31,6 +31,7 @@ def step_change(before: float, after: float, at: int = STEP_AT_2000) -> tuple:
 def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.image = ""              # RGBA reference image; empty: render the oracle's object
+  c.object = ""             # or a ground-truth object: 'primitives' | testbed catalog name
   c.depth = ""              # optional depth map (grey PNG) for the depth_rel loss
   c.depth_kind = "depth"    # "depth": near = dark (the reference's Omnidata maps);
                             # "disparity": near = bright (MiDaS-style), flipped on load

@@ -31,7 +31,7 @@ from dc3d_jax.core import config_rules, devices, rng
 from dc3d_jax.geometry import isosurface
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
-from dc3d_jax.priors import oracle, resolve, state_dicts, testbed
+from dc3d_jax.priors import resolve, state_dicts, testbed
 from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
 from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
 
@@ -70,7 +70,7 @@ class RunContext:
   workdir: Path
   root_key: jax.Array
   reference: dict
-  ground_truth: object      # primitives.Mesh when the oracle knows the object, else None
+  ground_truth: object      # primitives.Mesh of data.object / the oracle's object, else None
   parallel: devices.DataParallel
   priors: registry.PriorStore
   progress: bool = True
@@ -116,13 +116,9 @@ class Inputs:
   provenance: dict
 
 
-def _uses_oracle(cfg) -> bool:
-  return "oracle" in (cfg.guidance.prior_2d, cfg.guidance.prior_3d)
-
-
 def _models(cfg) -> dict:
   g = cfg.guidance
-  stage0 = not cfg.data.image and not _uses_oracle(cfg)
+  stage0 = not reference.object_name(cfg) and not cfg.data.image
   out = {}
   if g.prior_2d == "sd" or stage0:
     out["stable_diffusion"] = g.sd_model
@@ -178,7 +174,7 @@ def preflight(cfg) -> Inputs:
   _check_models(models)
   if cfg.guidance.prior_3d == "testbed":   # one small file: read and check it whole
     testbed.load_model(testbed.resolve(cfg.guidance.testbed_model))
-  gt = oracle.ground_truth_mesh(cfg.guidance.oracle_object) if _uses_oracle(cfg) else None
+  gt = reference.ground_truth(cfg)
   ref = reference.load(cfg, gt)
   if ref is not None:
     _check_reference(cfg, ref)

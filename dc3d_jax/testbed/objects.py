@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from dc3d_jax.errors import AssetError
-from dc3d_jax.testbed import albedo, catalog, meshes
+from dc3d_jax.geometry import primitives
+from dc3d_jax.testbed import albedo, catalog, meshes, render
 from dc3d_jax.testbed.render import ObjectModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "testbed"
@@ -61,3 +62,17 @@ def load_object(name: str, root: Path | None = None) -> ObjectModel:
     return _textured(name, entry, root)
   v, f = meshes.read_off(asset_path(entry.file, root))
   return prepare_mesh(name, v, f, entry.rotation)
+
+
+def ground_truth_mesh(name: str, root: Path | None = None) -> primitives.Mesh:
+  """The catalog object `name` as a pipeline's ground truth: placed as the testbed frames its
+  reference views (yaw 0: its catalog front faces the reference camera at elevation 0°;
+  longer side of the silhouette 90% of the image, centred), with unshared corners carrying
+  the albedo (a textured object's texture is sampled at the corners: detail finer than a
+  face is lost). Padded zero-area faces cover no pixel and no volume."""
+  obj = load_object(name, root)
+  vertices = render.place(obj.vertices, 0.0, 0.0)
+  colours = obj.corner_attr
+  if obj.texture is not None:   # (u, v, shade) per corner -> RGB
+    colours = render.sample_texture(obj.texture, colours[..., :2]) * colours[..., 2:]
+  return render.corner_mesh(vertices, obj.faces, np.clip(colours, 0.0, 1.0))

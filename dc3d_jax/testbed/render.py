@@ -96,7 +96,7 @@ def _render_batch(mesh, camera, background):
   return out["rgb"], out["alpha"]
 
 
-def _sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
   """Bilinear texture lookup, [H, W, 3] at [..., 2] (u right, v up; edges clamped)."""
   h, w = texture.shape[:2]
   x = np.clip(uv[..., 0] * w - 0.5, 0, w - 1)
@@ -129,7 +129,7 @@ def render_views(obj: ObjectModel, vertices: np.ndarray, elevation_deg, azimuth_
                                size * supersample, size * supersample)
     rgb, alpha = (np.asarray(a) for a in _render_batch(mesh, cams, jnp.float32(background)))
     if obj.texture is not None:
-      colour = _sample_texture(obj.texture, rgb[..., :2]) * rgb[..., 2:]
+      colour = sample_texture(obj.texture, rgb[..., :2]) * rgb[..., 2:]
       rgb = colour * alpha + (1.0 - alpha)
     out.append(np.concatenate([rgb, alpha], -1)[:len(elevation_deg) - s])
   return _downsample(np.concatenate(out), supersample).astype(np.float32)
