@@ -84,6 +84,7 @@ def test_zero_b_is_the_base_exactly(unets, inputs, apply):
   np.testing.assert_array_equal(apply(merged, *inputs), apply(params, *inputs))
 
 
+@pytest.mark.filterwarnings("ignore:`LoRALinearLayer` is deprecated:FutureWarning")
 def test_merged_equals_unmerged_and_diffusers_lora_layers(unets, inputs, apply):
   from diffusers.models.lora import LoRALinearLayer
   torch_unet, base, params = unets
@@ -121,12 +122,16 @@ def _torch_name(path: tuple) -> str:
 
 
 def test_camera_embedding_matches_diffusers_class_embedding(unets, inputs, apply):
+  """A camera-conditioned trained copy (LoRA, b = 0) against the PyTorch UNet with the same
+  MLP as diffusers' TimestepEmbedding in `unet.class_embedding` (DS's setup)."""
   from diffusers.models.embeddings import TimestepEmbedding
   torch_unet, base, params = unets
-  cam = camera_embedding.init(jax.random.key(2), base.class_embed_dim)
+  prior = JaxTrainablePrior(base=base, mode="lora", camera_condition=True)
+  copy = prior.init(params, jax.random.key(2))
   c2w = np.asarray(jax.random.normal(jax.random.key(3), (1, 4, 4)))
-  labels = camera_embedding.flat_c2w(c2w)
-  ours = base.apply(params, *inputs, camera_embedding.embed(cam, labels))   # eager
+  ours = jax.jit(lambda p, x, t, c, cam: prior.eps_fn(p, params)(x, t, c, cam))(
+      copy.params, *inputs, camera_embedding.flat_c2w(c2w))
+  cam = copy.params["camera"]
   module = TimestepEmbedding(16, base.class_embed_dim)
   for name in ("linear_1", "linear_2"):
     getattr(module, name).weight.data = torch.tensor(np.asarray(cam[name]["kernel"]).T)
