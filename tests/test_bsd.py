@@ -178,6 +178,16 @@ def test_estimator_and_dreambooth_updates_move_their_own_copy():
   assert not changed(db.estimator.params, state.estimator.params)
 
 
+def test_a_fresh_state_can_be_donated():
+  """The stage jits its steps with the state donated: no buffer may appear twice in it."""
+  m = make_bsd()
+  state = m.init_state(PARAMS, jax.random.key(0), (SIZE, SIZE))
+  step = jax.jit(lambda st, k: m.estimator_update(st, PARAMS, BASE.encode({}, image(7), None),
+                                                  COND_VI, k)[0], donate_argnums=0)
+  state = step(step(state, jax.random.key(1)), jax.random.key(2))
+  assert int(state.estimator.updates) == 2 and int(state.estimator.skipped) == 0
+
+
 def test_dreambooth_update_reads_filled_slots_and_drops_prompts():
   base_state = make_bsd().init_state(PARAMS, jax.random.key(0), (SIZE, SIZE))
   cache = bsd_cache.push(base_state.cache, image(10)[0])

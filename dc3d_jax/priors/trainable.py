@@ -108,9 +108,9 @@ class JaxTrainablePrior:
     camera = (camera_embedding.init(k_cam, self.base.class_embed_dim)
               if self.camera_condition else {})
     params = {"net": net, "camera": camera}
-    zero = jnp.zeros((), jnp.int32)
-    return TrainedCopy(params=params, opt_state=self.optimizer().init(params), updates=zero,
-                       skipped=zero)
+    # Two arrays, not one twice: a donated state must not hold a buffer twice.
+    return TrainedCopy(params=params, opt_state=self.optimizer().init(params),
+                       updates=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
 
   def net_params(self, params, base_params, use_trained=True):
     """Network params for base.apply, in the base params' dtypes. use_trained False (or a
