@@ -41,8 +41,9 @@ STEP_AT = {"bsd": 201, "dreambooth": 1, "augment": 0}   # a step of the cycle th
 
 
 def build(args):
-  """-> (BSD, base_params, vae_params, state) with random weights, holding only what the step
-  reads in "full" mode (the rest would not fit a 24 GB host: `expected_bytes`)."""
+  """-> (BSD, base_params, vae_params, state) with random weights. In "full" mode only what the
+  step reads is held unless --full-state (all of it does not fit a 24 GB host:
+  `expected_bytes`)."""
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
   dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
   with quiet_libraries():
@@ -57,9 +58,9 @@ def build(args):
                             lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank),
                             remat=args.remat)
   model = bsd.BSD(base=base, dreambooth=prior, estimator=prior)
-  if args.mode == "lora":
+  if args.mode == "lora" or args.full_state:
     state = model.init_state(master, jax.random.key(0), (size, size))
-    base_params = jax.tree_util.tree_map(lambda w: w.astype(dtype), master)
+    base_params = jax.tree_util.tree_map(lambda w: jnp.array(w, dtype, copy=True), master)
   else:
     state, base_params = full_mode_state(prior, master, args.step, dtype)
   cache = bsd_cache.push(bsd_cache.empty_cache(10, size, size), jnp.full((size, size, 3), 0.5))
@@ -228,6 +229,8 @@ def parse_args(argv=None):
   p.add_argument("--remat", action="store_true", help="per-block gradient checkpointing")
   p.add_argument("--mem-efficient-attention", type=int, choices=(0, 1), default=1,
                  help="diffusers' chunked Flax attention (default on)")
+  p.add_argument("--full-state", action="store_true",
+                 help="full mode: hold the whole stage state (both copies, moments, base)")
   p.add_argument("--compile-only", action="store_true",
                  help="record the compiled memory analysis, do not run")
   p.add_argument("--torch", action="store_true", help="also time PyTorch diffusers")
@@ -238,6 +241,7 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   record = {"benchmark": "bsd_step", "mode": args.mode, "step": args.step,
             "precision": args.precision, "remat": args.remat, "lora_rank": args.lora_rank,
+            "full_state": args.mode == "lora" or args.full_state,
             "mem_efficient_attention": bool(args.mem_efficient_attention),
             "render": SETUP["render"], **common.environment()}
   record.update(time_jax(args))
