@@ -40,32 +40,43 @@ SETUP = dict(unet=SD21_UNET, vae=SD_VAE, render=1024, vae_size=512, context=(77,
 STEP_AT = {"bsd": 201, "dreambooth": 1, "augment": 0}   # a step of the cycle that runs it
 
 
-def build(args):
-  """-> (BSD, base_params, vae_params, state) with random weights. In "full" mode only what the
-  step reads is held unless --full-state (all of it does not fit a 24 GB host:
-  `expected_bytes`)."""
+def build_model(args):
+  """-> (BSD on an SD 2.1-base architecture, compute dtype)."""
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
   dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
   with quiet_libraries():
     unet = FlaxUNet2DConditionModel(**SETUP["unet"], dtype=dtype,
                                     use_memory_efficient_attention=args.mem_efficient_attention)
     vae = FlaxAutoencoderKL(**SETUP["vae"], dtype=dtype)
-    vae_params = random_params(vae, dtype, 1)
-    master = random_params(unet, jnp.float32)         # masters start from fp32 weights
-  size = SETUP["vae_size"]
-  base = LatentUNet(unet=unet, vae=vae, render_size=size)
+  base = LatentUNet(unet=unet, vae=vae, render_size=SETUP["vae_size"])
   prior = JaxTrainablePrior(base=base, mode=args.mode, lr=1e-5 if args.mode == "full" else 1e-4,
                             lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank),
                             remat=args.remat)
-  model = bsd.BSD(base=base, dreambooth=prior, estimator=prior)
+  return bsd.BSD(base=base, dreambooth=prior, estimator=prior), dtype
+
+
+def zero_params(module, dtype, seed: int = 0):
+  """Zeros of `module`'s parameter shapes (under jax.eval_shape: shapes only, no memory)."""
+  shapes = jax.eval_shape(module.init_weights, jax.random.key(seed))
+  return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, dtype), shapes)
+
+
+def build_arrays(args, model: bsd.BSD, dtype, draw=random_params):
+  """-> (base_params, vae_params, state) with weights from draw(module, dtype, seed). In "full"
+  mode only what the step reads is held unless --full-state (all of it does not fit a 24 GB
+  host: `expected_bytes`)."""
+  with quiet_libraries():
+    vae_params = draw(model.base.vae, dtype, 1)
+    master = draw(model.base.unet, jnp.float32, 0)     # masters start from fp32 weights
+  size = SETUP["vae_size"]
   if args.mode == "lora" or args.full_state:
     state = model.init_state(master, jax.random.key(0), (size, size))
     base_params = jax.tree_util.tree_map(lambda w: jnp.array(w, dtype, copy=True), master)
   else:
-    state, base_params = full_mode_state(prior, master, args.step, dtype)
+    state, base_params = full_mode_state(model.dreambooth, master, args.step, dtype)
   cache = bsd_cache.push(bsd_cache.empty_cache(10, size, size), jnp.full((size, size, 3), 0.5))
-  return model, base_params, vae_params, state.replace(cache=cache,
-                                                       augmentations=jnp.ones((), jnp.int32))
+  return base_params, vae_params, state.replace(cache=cache,
+                                                augmentations=jnp.ones((), jnp.int32))
 
 
 def full_mode_state(prior, master, which: str, dtype):
@@ -136,8 +147,8 @@ def expected_bytes(model: bsd.BSD, mode: str, precision: str) -> dict:
   return out
 
 
-def resident_bytes(*trees) -> int:
-  return int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(trees)))
+def resident_bytes(tree) -> int:
+  return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)))
 
 
 def host_memory_short(record: dict):
@@ -151,7 +162,7 @@ def host_memory_short(record: dict):
   except OSError:
     return None
   need = record["compiled"]["temp_size_in_bytes"] + record["compiled"]["argument_size_in_bytes"]
-  if need < info.get("MemAvailable", need):
+  if need < 0.85 * info.get("MemAvailable", 2 * need):    # room for the compiler and Python
     return None
   return (f"needs {need / 2**30:.1f} GiB (arguments + compiled temporaries), host has "
           f"{info['MemAvailable'] / 2**30:.1f} GiB available")
@@ -167,29 +178,31 @@ def inputs(seed: int = 2):
 
 
 def time_jax(args) -> dict:
-  model, base, vae, state = build(args)
+  """Compiles from shapes alone, checks that the step fits this host, then allocates and runs."""
+  model, dtype = build_model(args)
+  shapes = jax.eval_shape(lambda: build_arrays(args, model, dtype, draw=zero_params))
   record = {"expected_bytes": expected_bytes(model, args.mode, args.precision),
-            "resident_bytes": resident_bytes(state, base, vae)}
-  fn = step_fn(model, args.step)
+            "resident_bytes": resident_bytes(shapes)}
   render, conds = inputs()
-  compiled = fn.lower(state, base, vae, render, conds, jax.random.key(3)).compile()
+  t0 = time.perf_counter()
+  compiled = step_fn(model, args.step).lower(*shapes[2:], *shapes[:2], render, conds,
+                                             jax.random.key(3)).compile()
+  record["compile_s"] = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   if mem is not None:
     record["compiled"] = {k: int(getattr(mem, k)) for k in (
         "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")}
-  if args.compile_only:
-    return record
-  short = host_memory_short(record)
-  if short:
-    record["not_run"] = short
-    return record
+  short = None if args.compile_only else host_memory_short(record)
+  if args.compile_only or short:
+    return dict(record, not_run=short) if short else record
+  base, vae, state = build_arrays(args, model, dtype)
   times = []
   for i in range(args.repeats + 1):        # the first call is a warm-up
     t0 = time.perf_counter()
     state, out = compiled(state, base, vae, render, conds, jax.random.key(4 + i))
     jax.block_until_ready((state, out))
     times.append(time.perf_counter() - t0)
-  record["first_call_s"] = times[0]
+  record["warmup_call_s"] = times[0]
   record["jax"] = common.summary(times[1:])
   record.update(common.peak_memory_bytes())
   return record

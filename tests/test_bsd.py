@@ -260,6 +260,10 @@ def test_silhouette_band_detach_matches_brute_force():
       want[i, j] = float(np.all(opacity[0, max(i - 5, 0):i + 6, max(j - 5, 0):j + 6] >= 0.5))
   np.testing.assert_array_equal(grad[0, :, :, 0], want)
   assert want.sum() == 6 * 6 and np.all(np.asarray(grad[0, :, :, 0:1]) == grad[0])
+  off, on = make_bsd(), make_bsd(silhouette_band=11)      # the flag picks it
+  for m, ones in ((off, 24 * 24), (on, 6 * 6)):
+    g = jax.grad(lambda im: jnp.sum(m.guidance_input(im, opacity)))(images)
+    assert float(jnp.sum(g[..., 0])) == ones
 
 
 # ----------------------------------------------------------------------------- config

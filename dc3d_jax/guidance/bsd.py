@@ -24,7 +24,7 @@ without it, as DS's `_sample`), augmentation masked by the front-visibility mask
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ class BSDSettings:
   augment_guidance_scale: float = 7.5
   bsd_guidance_scale: float = 2.0
   estimator_guidance_scale: float = 1.0
-  prompt_dropout: float = 0.1       # DS: 0
+  prompt_dropout: float = 0.1        # DS: 0
   dreambooth_weight: float = 0.1     # lambda_pretrain (AdamW's eps makes the scale matter)
   estimator_weight: float = 0.1      # lambda_lora
   t_min: Any = (0.05,)
@@ -72,7 +72,7 @@ def settings_from_config(texture) -> BSDSettings:
     schedules.check_schedule(value, f"texture.loss.{name}")
     if len(value) != 1:
       raise ConfigError(f"config texture.loss.{name}={value!r}: the ε-MSE weights are "
-                       "constants, (v,)")
+                        "constants, (v,)")
     weights[f"{name}_weight"] = float(value[0])
   return BSDSettings(**keys, **weights)
 
@@ -170,6 +170,12 @@ class BSD:
 
   def grid(self) -> dpm_solver.SolverGrid:
     return dpm_solver.grid(self.base.alphas_cumprod(), self.settings.sampler_steps)
+
+  def guidance_input(self, images: jax.Array, opacity: jax.Array) -> jax.Array:
+    """The render BSD sees: [B, H, W, 3] images, with DS's silhouette band detached when
+    settings.silhouette_band > 0 (opacity [B, H, W, 1])."""
+    band = self.settings.silhouette_band
+    return detach_silhouette_band(images, opacity, band) if band > 0 else images
 
   # ------------------------------------------------------------------ DreamBooth phase
 
