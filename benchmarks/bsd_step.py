@@ -162,7 +162,8 @@ def host_memory_short(record: dict):
   except OSError:
     return None
   need = record["compiled"]["temp_size_in_bytes"] + record["compiled"]["argument_size_in_bytes"]
-  if need < 0.85 * info.get("MemAvailable", 2 * need):    # room for the compiler and Python
+  # Margin: XLA's own memory, allocator slack and the NumPy draws of the weights.
+  if need + 3 * 2**30 < 0.85 * info.get("MemAvailable", 2 * need):
     return None
   return (f"needs {need / 2**30:.1f} GiB (arguments + compiled temporaries), host has "
           f"{info['MemAvailable'] / 2**30:.1f} GiB available")
@@ -177,8 +178,9 @@ def inputs(seed: int = 2):
   return render, conds
 
 
-def time_jax(args) -> dict:
-  """Compiles from shapes alone, checks that the step fits this host, then allocates and runs."""
+def time_jax(args, out_path=None) -> dict:
+  """Compiles from shapes alone, checks that the step fits this host, then allocates and runs.
+  The compile-time record is written to out_path first, so it survives a killed run."""
   model, dtype = build_model(args)
   shapes = jax.eval_shape(lambda: build_arrays(args, model, dtype, draw=zero_params))
   record = {"expected_bytes": expected_bytes(model, args.mode, args.precision),
@@ -195,6 +197,8 @@ def time_jax(args) -> dict:
   short = None if args.compile_only else host_memory_short(record)
   if args.compile_only or short:
     return dict(record, not_run=short) if short else record
+  if out_path:
+    common.write(out_path, dict(record, not_run="killed before it finished (out of memory?)"))
   base, vae, state = build_arrays(args, model, dtype)
   times = []
   for i in range(args.repeats + 1):        # the first call is a warm-up
@@ -257,7 +261,7 @@ def main(argv=None) -> dict:
             "full_state": args.mode == "lora" or args.full_state,
             "mem_efficient_attention": bool(args.mem_efficient_attention),
             "render": SETUP["render"], **common.environment()}
-  record.update(time_jax(args))
+  record.update(time_jax(args, out_path=args.out))
   if args.torch and "jax" in record:
     record["torch"] = time_torch(args)
     record["torch_over_jax"] = record["torch"]["median_s"] / record["jax"]["median_s"]
