@@ -39,7 +39,6 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
     assert saved["torch"]["median_s"] > 0 and record["torch_over_jax"] > 0
 
 
-<<<<<<< HEAD
 def test_eval_protocol_benchmark_writes_json(tmp_path):
   out = tmp_path / "eval.json"
   eval_protocol.main(["--out", str(out), "--res", "16", "--views", "2", "--points", "2000",
@@ -68,7 +67,8 @@ def test_rasterize_benchmark_writes_json(tmp_path):
   assert saved["backend"] == "jax" and run["faces"] == 48 and run["overflow"] == 0
   assert run["grad_finite"] and 0.2 < run["covered_fraction"] < 0.8
   assert run["forward"]["median_s"] > 0 and run["fwd_bwd"]["cpu_s_per_call"] > 0
-=======
+
+
 @pytest.mark.filterwarnings("ignore:`LoRALinearLayer` is deprecated:FutureWarning")
 def test_bsd_step_benchmark_runs_jax_and_torch(tmp_path, monkeypatch):
   """A one-level UNet and a one-block VAE (8x8 latents) in place of SD 2.1-base; lora mode,
@@ -88,4 +88,3 @@ def test_bsd_step_benchmark_runs_jax_and_torch(tmp_path, monkeypatch):
   assert saved["jax"]["median_s"] > 0 and saved["torch"]["median_s"] > 0
   assert saved["expected_bytes"]["trained_parameters_per_copy"] < saved["expected_bytes"][
       "unet_parameters"] and record["compiled"]["temp_size_in_bytes"] > 0
->>>>>>> bsd
