@@ -57,8 +57,29 @@ def prior_section() -> ml_collections.ConfigDict:
 
 def texture_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.steps = 5000
+  # Where the previous stage's final state is read when it is not in this run's stages:
+  # empty = this work dir; or the work dir of a run whose previous stage finished.
+  c.init_from = ""
+  c.train = ml_collections.ConfigDict(dict(
+      steps=5000, log_every=10, checkpoint_every=500, sample_every=200, keep_checkpoints=2))
   c.resolution = 1024            # ref and random-view renders
+  # The fixed mesh: the previous stage's extract_mesh at this grid (marching cubes of the
+  # volume stages; DMTet's surface ignores it), components below this fraction of the largest
+  # component's faces removed (the reference's texture stage: 1%).
+  c.mesh_resolution = 256
+  c.min_component_fraction = 0.01
+  c.erode_pixels = 4             # the ref L1's mask is eroded by 4 px (9x9 max-pool, §3)
+  c.field = ml_collections.ConfigDict(dict(hidden=64))   # grid and box: coarse_nerf.field's
+  c.render = ml_collections.ConfigDict(dict(
+      rasterizer="auto",         # geometry/rasterize.py backend: auto | jax | nvdiffrast
+      max_pairs=0,               # tiled visibility search budget (0: its default)
+      field_chunk=0))            # colour queries per chunk (0: all at once)
+  # "bsd": the BSD cycle on trained copies of texture.prior.model (the reference); "sds":
+  # plain SDS through guidance.prior_2d / prior_3d (e.g. the oracle) with these t ranges.
+  c.guidance = ml_collections.ConfigDict(dict(
+      kind="bsd",
+      sds_2d=dict(t_min=(0.05,), t_max=(0, 0.5, 0.2, 5000)),
+      sds_3d=dict(t_min=(0.05,), t_max=(0, 0.5, 0.2, 5000))))
   c.bsd = bsd_section()
   c.prior = prior_section()
   # Texture parameters: AdamW (its weight decay also shrinks the hash grid, §10).
@@ -67,9 +88,11 @@ def texture_config() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.99, eps=1e-4, weight_decay=0.01))
   # Loss weights by term name: rgb is the ref L1 on the mask eroded by 4 px; bsd the
   # stop-gradient-target BSD loss on the latent (DC lambda_sd; DS fast: 0.1); estimator and
-  # dreambooth the trained UNets' ε-MSE (lambda_lora, lambda_pretrain).
+  # dreambooth the trained UNets' ε-MSE (lambda_lora, lambda_pretrain); sds_2d / sds_3d the
+  # SDS terms of guidance.kind = "sds" (the reference disables Zero123 in this stage).
   c.loss = ml_collections.ConfigDict(dict(
-      rgb=(1000.0,), bsd=(0.01,), estimator=(0.1,), dreambooth=(0.1,)))
+      rgb=(1000.0,), bsd=(0.01,), estimator=(0.1,), dreambooth=(0.1,), sds_2d=(0.01,),
+      sds_3d=(0.0,)))
   return c
 
 
