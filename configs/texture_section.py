@@ -1,6 +1,6 @@
 """Proposed `texture` config section (stage 3, BSD; ../shared/reference/dreamcraft3d.md §4, §10).
 
-The lead merges `texture_config()` into configs/dreamcraft3d.py as `c.texture`. Defaults are
+configs/dreamcraft3d.py holds `texture_config()` as `c.texture`. Defaults are
 the reference's (DC) numbers; `ds_variant(c)` switches on the three DS flags together, and
 guidance.bsd.settings_from_config(c) builds the static BSDSettings from the section.
 Scalar schedules are tuples as everywhere: (v,) a constant, (s0, v0, v1, s1) a ramp.
@@ -89,9 +89,10 @@ def texture_config() -> ml_collections.ConfigDict:
   # Loss weights by term name: rgb is the ref L1 on the mask eroded by 4 px; bsd the
   # stop-gradient-target BSD loss on the latent (DC lambda_sd; DS fast: 0.1); estimator and
   # dreambooth the trained UNets' ε-MSE (lambda_lora, lambda_pretrain); sds_2d / sds_3d the
-  # SDS terms of guidance.kind = "sds" (the reference disables Zero123 in this stage).
+  # SDS terms of guidance.kind = "sds" (λ_sd 0.1 of the earlier stages' pixel-space SDS; the
+  # reference disables Zero123 in this stage).
   c.loss = ml_collections.ConfigDict(dict(
-      rgb=(1000.0,), bsd=(0.01,), estimator=(0.1,), dreambooth=(0.1,), sds_2d=(0.01,),
+      rgb=(1000.0,), bsd=(0.01,), estimator=(0.1,), dreambooth=(0.1,), sds_2d=(0.1,),
       sds_3d=(0.0,)))
   return c
 
