@@ -140,7 +140,8 @@ def init_state(settings: Settings, key, mesh: dict, prior_params=None) -> Textur
     p = prior_params["bsd"]
     bsd_state = settings.bsd.init_state(p["base"], k_bsd, augmentation_hw(settings.bsd,
                                                                           p["codec"]))
-  state = common.new_state(params, settings.tx, dict(mesh))
+  # Copies: the step donates its state, which must not free the caller's mesh.
+  state = common.new_state(params, settings.tx, jax.tree_util.tree_map(jnp.copy, dict(mesh)))
   return TextureState(step=state.step, params=state.params, opt_state=state.opt_state,
                       buffers=state.buffers, skipped=state.skipped, bsd=bsd_state)
 
