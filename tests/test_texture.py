@@ -80,7 +80,10 @@ def stage(tmp_path_factory):
 
 
 def fresh(stage, seed=0):
-  return tx.init_state(stage["settings"], jax.random.key(seed), stage["mesh"], stage["params"])
+  """A fresh state, committed to the device as a run's (ctx.parallel.replicate) and as every
+  step's output, so each kind compiles once."""
+  state = tx.init_state(stage["settings"], jax.random.key(seed), stage["mesh"], stage["params"])
+  return jax.device_put(state, jax.devices()[0])
 
 
 def run_step(stage, state, step_kind, params=None):
