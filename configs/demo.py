@@ -18,6 +18,10 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
     CPU), and the oracle's views constrain this object without them;
   - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
+The texture section (stage 3) uses plain SDS through the oracle (texture.guidance.kind = "sds";
+BSD needs a learned prior to train copies of) at 64² on the NeuS mesh extracted at a 64³ grid,
+TEXTURE_STEPS steps, with its t range's anneal scaled onto them. The demo runs it once
+`stages` lists the stages before it.
 The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
 the whole stage as in the reference, the same render step, budgets and transmittance pruning;
 orient stays on: NeuS needs the normals for its alpha anyway). The demo runs only coarse_nerf
@@ -32,6 +36,7 @@ SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
 # the SDF gradient): ~7x the demo's NeRF step (benchmarks/RESULTS.md). Size this when the demo
 # chains coarse_neus.
 NEUS_STEPS = 500
+TEXTURE_STEPS = 200
 
 
 def at(step: int) -> int:
@@ -46,6 +51,15 @@ def _shrink_neus(n) -> None:
   n.render.update(num_steps_diagonal=192, samples_per_ray=8.0, prepass_samples_per_ray=32.0,
                   transmittance_threshold=1e-3, field_chunk=0, remat=False,
                   cos_anneal_end=NEUS_STEPS)
+
+
+def _shrink_texture(t) -> None:
+  t.guidance.kind = "sds"
+  t.train.update(steps=TEXTURE_STEPS, log_every=20, checkpoint_every=100, sample_every=100)
+  t.update(resolution=64, mesh_resolution=64)
+  for slot in ("sds_2d", "sds_3d"):        # t_max 0.5 -> 0.2 over the stage, as over 5000
+    s0, v0, v1, _ = t.guidance[slot].t_max
+    t.guidance[slot].t_max = (s0, v0, v1, TEXTURE_STEPS)
 
 
 def get_config(arg: str | None = None):
@@ -72,6 +86,7 @@ def get_config(arg: str | None = None):
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
   _shrink_neus(c.coarse_neus)
+  _shrink_texture(c.texture)
   c.eval.update(resolution=128, orbit_views=60)
   c.export.update(mesh_resolution=128, texture_size=512)
   if arg:

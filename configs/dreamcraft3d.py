@@ -15,6 +15,8 @@ Deviations from the reference are marked DEVIATION below and listed in docs/ARCH
 
 import ml_collections
 
+from configs import texture_section
+
 # Scalar schedules (loss weights, t ranges) are tuples: (v,) a constant, (s0, v0, v1, s1)
 # linear from v0 at step s0 to v1 at s1. On the command line: =500 or =(0,1,10,2000).
 STEP_AT_2000 = 2000
@@ -235,6 +237,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage0 = stage0_config()
   c.coarse_nerf = coarse_nerf_config()
   c.coarse_neus = coarse_neus_config()
+  # Stage 3 (reference §4, §10): BSD on the fixed mesh; configs/texture_section.py.
+  c.texture = texture_section.texture_config()
   c.eval = eval_config()
   c.export = export_config()
   return c
@@ -260,6 +264,11 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.eval.update(resolution=32, orbit_views=8, chunk_rays=1024, geometry_points=5000,
                 volume_resolution=24, high_azimuths_deg=(0.0, 180.0))
   c.export.update(mesh_resolution=48, texture_size=128)
+  tex = c.texture
+  tex.train.update(steps=6, log_every=1, checkpoint_every=3, sample_every=3)
+  tex.update(resolution=32, mesh_resolution=32)
+  tex.bsd.update(cycle_steps=4, dreambooth_steps=2, augment_every=2, sampler_steps=4)
+  tex.prior.render_size = 64
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

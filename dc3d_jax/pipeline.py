@@ -34,6 +34,7 @@ from dc3d_jax.io import writers
 from dc3d_jax.priors import resolve, state_dicts, testbed
 from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
 from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
+from dc3d_jax.stages import texture, texture_rules, texture_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Stage:
 # In pipeline order: each stage starts from the final state of the one before it, handed over
 # in process, or read from <init_from or this work dir>/<previous stage>/ (runner.load_final).
 STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES, coarse_nerf),
-          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES, coarse_neus)}
+          "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES, coarse_neus),
+          "texture": Stage(texture_run.run, texture_rules.RULES, texture)}
 
 
 def predecessor(stage: str) -> str | None:
@@ -129,6 +131,13 @@ def _models(cfg) -> dict:
   return out
 
 
+def _texture_models(cfg) -> dict:
+  """The frozen SD base of the texture stage's BSD, when that stage runs with BSD."""
+  if "texture" not in cfg.stages or cfg.texture.guidance.kind != "bsd":
+    return {}
+  return {"stable_diffusion": cfg.texture.prior.model}
+
+
 def _check_models(models: dict) -> None:
   """Every model resolves to local files whose headers are intact (no tensors read)."""
   for kind, argument in models.items():
@@ -143,6 +152,8 @@ def _render_sizes(cfg) -> set:
   for stage in cfg.stages:
     train = cfg[stage].get("train", {})
     sizes.update(train.get("resolutions", ()))
+    if "resolution" in cfg[stage]:
+      sizes.add(cfg[stage].resolution)
   return sizes
 
 
@@ -172,6 +183,7 @@ def preflight(cfg) -> Inputs:
   path = workdir.check_path(cfg.workdir)
   models = _models(cfg)
   _check_models(models)
+  _check_models(_texture_models(cfg))
   if cfg.guidance.prior_3d == "testbed":   # one small file: read and check it whole
     testbed.load_model(testbed.resolve(cfg.guidance.testbed_model))
   gt = reference.ground_truth(cfg)

@@ -39,6 +39,9 @@ class Handoff:
   # camera -> {"rgb", "opacity", "depth", "comp_normal"} numpy [H, W, C], and "kept_frac";
   # a report.MonitoredRenderer, so truncated evaluation renders are reported.
   render_fn: Callable
+  # The stage module that made the state (extract_mesh, albedo_fn...): the texture stage
+  # reads its predecessor's mesh through it.
+  module: Any = None
 
 
 def visual_row(out: dict) -> list:
@@ -127,7 +130,7 @@ def run_stage(ctx, stage: ModuleType, settings, prior_params,
   state = loop.run(plan, ctx.workdir / stage.NAME, cfg[stage.NAME].train, progress=ctx.progress)
   render_fn = report.MonitoredRenderer(renderer(state), f"{stage.NAME} evaluation",
                                        truncation_hint(stage))
-  return Handoff(state=state, settings=settings, render_fn=render_fn)
+  return Handoff(state=state, settings=settings, render_fn=render_fn, module=stage)
 
 
 def load_final(ctx, stage: ModuleType, source: Path) -> Handoff:
@@ -154,7 +157,7 @@ def load_final(ctx, stage: ModuleType, source: Path) -> Handoff:
   tqdm.write(f"[{stage.NAME}] starting from its final state in {stage_dir} (step {step})")
   renderer = image_renderer(stage, settings, ctx.cfg.eval.chunk_rays)
   return Handoff(state=state, settings=settings, render_fn=report.MonitoredRenderer(
-      renderer(state), f"{stage.NAME} evaluation", truncation_hint(stage)))
+      renderer(state), f"{stage.NAME} evaluation", truncation_hint(stage)), module=stage)
 
 
 def missing_predecessor(name: str, source: Path) -> str:
