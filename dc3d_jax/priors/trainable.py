@@ -150,7 +150,7 @@ class JaxTrainablePrior:
       return weight * mse, mse
 
     (_, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(copy.params)
-    return self.apply_gradients(copy, grads), {"mse": mse, "grad_norm": optax.global_norm(grads)}
+    return self.apply_gradients(copy, grads), {"mse": mse, "grad_norm": optax.tree.norm(grads)}
 
   def apply_gradients(self, copy: TrainedCopy, grads) -> TrainedCopy:
     """One AdamW step; non-finite gradients keep the old params and state (counted)."""
