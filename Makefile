@@ -22,7 +22,7 @@ demo: $(STAMP) assets
 	$(VENV)/bin/python -m experiments.run --config=configs/demo.py
 
 test: $(STAMP) assets
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2   # two workers (pytest-xdist): the machine has two cores
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,15 +3,17 @@
 # (600 s). On the device machine, after the wheel install of ../shared/device/README.md:
 #   bash benchmarks/gpu_session.sh fields   # hash grid, coarse-NeRF step 128² / 384²
 #   bash benchmarks/gpu_session.sh priors   # SDS step, SD + Zero123, fp32 + bf16, vs PyTorch
+#   bash benchmarks/gpu_session.sh bsd_lora # BSD / DreamBooth / augment steps, lora mode, vs PyTorch
+#   bash benchmarks/gpu_session.sh bsd_full # the same, full mode (two trainable UNets)
 #   bash benchmarks/gpu_session.sh tests    # the gpu-marked tests (tests/test_gpu.py), then
-#                                           # parity, precision, SDS, hash-grid, volume tests
+#                                           # parity, precision, SDS, BSD, hash-grid, volume tests
 #   bash benchmarks/gpu_session.sh raster   # rasterizer 1024², 10k/100k faces: nvdiffrast and
 #                                           # pure JAX, then tests/test_rasterize_gpu.py
 # PYTHON picks the interpreter (default python3). JSON and logs go to $OUT (the device
 # tool's folder that comes back). Copy the figures into benchmarks/RESULTS.md with the GPU
 # name, the date and these commands.
 set -uo pipefail
-group=${1:?usage: gpu_session.sh fields|priors|tests|raster}
+group=${1:?usage: gpu_session.sh fields|priors|bsd_lora|bsd_full|tests|raster}
 out=${OUT:?OUT must name the folder results go to}
 py=${PYTHON:-python3}
 mkdir -p "$out"
@@ -39,11 +41,20 @@ case $group in
       done
     done
     ;;
+  bsd_lora|bsd_full)
+    mode=${group#bsd_}
+    for st in dreambooth bsd augment; do   # --full-state: the stage's whole state resident
+      step "bsd_step_${mode}_${st}" "$py" -m benchmarks.bsd_step --mode "$mode" --step "$st" \
+        --precision bf16 --repeats 5 --full-state --torch \
+        --out "$out/bsd_step_${mode}_${st}_bf16_gpu.json"
+    done
+    ;;
   tests)
     step pytest_gpu "$py" -m pytest -q -s -W ignore -m gpu tests/test_gpu.py
     step pytest "$py" -m pytest -q -W ignore tests/test_prior_parity.py \
       tests/test_zero123_guidance.py tests/test_precision.py tests/test_sds.py \
-      tests/test_hash_grid.py tests/test_volume.py
+      tests/test_hash_grid.py tests/test_volume.py tests/test_dpm_solver.py tests/test_lora.py \
+      tests/test_bsd.py
     ;;
   raster)
     # torch (nvdiffrast) allocates beside JAX; the first nvdiffrast call compiles its plugin.
@@ -54,6 +65,7 @@ case $group in
       --out "$out/rasterize_jax_gpu.json"
     step pytest_raster "$py" -m pytest -q -W ignore -m gpu tests/test_rasterize_gpu.py
     ;;
-  *) echo "unknown group '$group': expected fields, priors, tests or raster" >&2; exit 2 ;;
+  *) echo "unknown group '$group': expected fields, priors, bsd_lora, bsd_full, tests or raster" >&2
+     exit 2 ;;
 esac
 exit $status

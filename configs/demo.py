@@ -21,6 +21,11 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
     CPU), and the oracle's views constrain this object without them;
   - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
+The texture section (stage 3) uses plain SDS through the oracle (texture.guidance.kind = "sds";
+BSD needs a learned prior to train copies of) at 64² on the previous stage's mesh (the DMTet
+surface; texture.mesh_resolution = 64 applies when a volume stage precedes it), TEXTURE_STEPS
+steps, with its t range's anneal scaled onto them. The demo does not run it (its time is not
+in the measurements below): add it with --config.stages=coarse_nerf,coarse_neus,geometry,texture.
 The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
 the whole stage as in the reference, the same render step, budgets and transmittance pruning;
 orient stays on: NeuS needs the normals for its alpha anyway). The geometry section:
@@ -58,6 +63,7 @@ SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
 NEUS_STEPS = 300
 # A DMTet step at 128² costs ~4x the demo's NeRF step (two rasterized views and the mesh).
 GEOMETRY_STEPS = 200
+TEXTURE_STEPS = 200
 
 
 def at(step: int) -> int:
@@ -82,6 +88,15 @@ def _shrink_geometry(g) -> None:
   s0, v0, v1, s1 = g.loss.normal_consistency       # (1000, 10, 1, 2000) of 5000 steps
   scale = GEOMETRY_STEPS / 5000
   g.loss.normal_consistency = (int(round(s0 * scale)), v0, v1, int(round(s1 * scale)))
+
+
+def _shrink_texture(t) -> None:
+  t.guidance.kind = "sds"
+  t.train.update(steps=TEXTURE_STEPS, log_every=20, checkpoint_every=100, sample_every=100)
+  t.update(resolution=64, mesh_resolution=64)
+  for slot in ("sds_2d", "sds_3d"):        # t_max 0.5 -> 0.2 over the stage, as over 5000
+    s0, v0, v1, _ = t.guidance[slot].t_max
+    t.guidance[slot].t_max = (s0, v0, v1, TEXTURE_STEPS)
 
 
 def get_config(arg: str | None = None):
@@ -110,6 +125,7 @@ def get_config(arg: str | None = None):
     n.loss[name] = dreamcraft3d.const(0)
   _shrink_neus(c.coarse_neus)
   _shrink_geometry(c.geometry)
+  _shrink_texture(c.texture)
   c.eval.update(resolution=128, orbit_views=60)
   c.export.update(mesh_resolution=128, texture_size=512)
   if arg:

@@ -15,6 +15,8 @@ Deviations from the reference are marked DEVIATION below and listed in docs/ARCH
 
 import ml_collections
 
+from configs import texture_section
+
 # Scalar schedules (loss weights, t ranges) are tuples: (v,) a constant, (s0, v0, v1, s1)
 # linear from v0 at step s0 to v1 at s1. On the command line: =500 or =(0,1,10,2000).
 STEP_AT_2000 = 2000
@@ -31,6 +33,7 @@ def step_change(before: float, after: float, at: int = STEP_AT_2000) -> tuple:
 def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.image = ""              # RGBA reference image; empty: render the oracle's object
+  c.object = ""             # or a ground-truth object: 'primitives' | testbed catalog name
   c.depth = ""              # optional depth map (grey PNG) for the depth_rel loss
   c.depth_kind = "depth"    # "depth": near = dark (the reference's Omnidata maps);
                             # "disparity": near = bright (MiDaS-style), flipped on load
@@ -61,7 +64,7 @@ def guidance_config() -> ml_collections.ConfigDict:
   # DEVIATION: the reference's 2D prior is DeepFloyd IF-I-XL (pixel space, 64², CFG 20).
   # Until IF is ported to JAX, Stable Diffusion 2.1-base stands in (latents of 512² renders).
   c.prior_2d = "sd"           # "sd" | "oracle" | "none"
-  c.prior_3d = "zero123"      # "zero123" | "oracle" | "none"
+  c.prior_3d = "zero123"      # "zero123" | "testbed" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
   # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32": the reference's Zero123 numerics.
   c.precision = "auto"        # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "bf16"
@@ -83,6 +86,10 @@ def guidance_config() -> ml_collections.ConfigDict:
   c.zero123_variant = "stable"    # "stable" (Stable-Zero123) | "xl": the 4th pose entry
   c.zero123_guidance_scale = 5.0
   c.zero123_render_size = 256
+  # The testbed prior (issue 10): a small Zero123-style pixel model trained in-project on
+  # ground-truth meshes (experiments/train_prior.py); relative paths fall back to the repo.
+  c.testbed_model = "weights/testbed_prior.safetensors"
+  c.testbed_guidance_scale = 3.0
   c.oracle_object = "primitives"
   c.oracle_resolution = 64    # pixel-space, like DeepFloyd IF stage I's 64²
   return c
@@ -272,6 +279,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.coarse_nerf = coarse_nerf_config()
   c.coarse_neus = coarse_neus_config()
   c.geometry = geometry_config()
+  # Stage 3 (reference §4, §10): BSD on the fixed mesh; configs/texture_section.py.
+  c.texture = texture_section.texture_config()
   c.eval = eval_config()
   c.export = export_config()
   return c
@@ -301,6 +310,11 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
   c.eval.update(resolution=32, orbit_views=8, chunk_rays=1024, geometry_points=5000,
                 volume_resolution=24, high_azimuths_deg=(0.0, 180.0))
   c.export.update(mesh_resolution=48, texture_size=128)
+  tex = c.texture
+  tex.train.update(steps=6, log_every=1, checkpoint_every=3, sample_every=3)
+  tex.update(resolution=32, mesh_resolution=32)
+  tex.bsd.update(cycle_steps=4, dreambooth_steps=2, augment_every=2, sampler_steps=4)
+  tex.prior.render_size = 64
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -34,7 +34,11 @@ def _top(stage_names) -> Section:
 
 
 DATA = Section("data", {
-    "image": File("RGBA reference image; empty: the oracle's object, or stage 0 from the prompt"),
+    "image": File("RGBA reference image; empty: data.object / the oracle's object, or stage 0 "
+                  "from the prompt"),
+    "object": Text("a ground-truth object instead of an image: 'primitives' or a testbed "
+                   "catalog name (e.g. held-out 'cow'); its render is the reference and its "
+                   "mesh scores the run"),
     "depth": File("optional depth map (grey PNG, the image's size) for the depth_rel loss"),
     "depth_kind": Choice("data.depth's convention: depth (near = dark) or disparity "
                          "(near = bright)", options=images.DEPTH_KINDS),
@@ -77,6 +81,8 @@ GUIDANCE = Section("guidance", {
     "zero123_image_encoder": Text("CLIP ViT-L/14 folder or id, for checkpoints without one"),
     "zero123_variant": Choice("Zero123 pose encoding", options=zero123.VARIANTS),
     "zero123_guidance_scale": Float("classifier-free guidance scale of Zero123", 0.0),
+    "testbed_model": Text("testbed prior: a .safetensors written by experiments/train_prior.py"),
+    "testbed_guidance_scale": Float("classifier-free guidance scale of the testbed prior", 0.0),
     "zero123_render_size": Int("renders are resized to this before Zero123's VAE", 8,
                                multiple_of=8),
     "oracle_object": Text("the built-in object the oracle prior knows", required=True),
@@ -130,7 +136,17 @@ def _inputs(cfg):
                          f"('{g.oracle_object}'), not a user image; use a learned prior "
                          "(guidance.prior_2d/prior_3d) for a real image, or leave data.image "
                          "empty")
-  stage0 = not cfg.data.image and not _uses(cfg, "oracle")
+  if cfg.data.object and cfg.data.image:
+    yield "data.object", "give either a reference image (data.image) or an object, not both"
+  if cfg.data.object and _uses(cfg, "oracle") and cfg.data.object != g.oracle_object:
+    yield "data.object", (f"'{cfg.data.object}', but the oracle prior knows only "
+                          f"guidance.oracle_object='{g.oracle_object}': use a learned prior")
+  if cfg.data.object and cfg.data.object != "primitives":
+    from dc3d_jax.testbed import catalog
+    if cfg.data.object not in catalog.OBJECTS:
+      yield "data.object", (f"unknown object '{cfg.data.object}': expected 'primitives' or "
+                            "one of dc3d_jax/testbed/catalog.py's OBJECTS")
+  stage0 = not cfg.data.image and not cfg.data.object and not _uses(cfg, "oracle")
   if stage0 and not cfg.prompt:
     yield "data.image", ("empty: give a reference image (--config.data.image=PATH), a prompt "
                          "for stage 0 (--config.prompt=...), or use the oracle prior")

@@ -67,3 +67,24 @@ def opaque(opacity: jax.Array) -> jax.Array:
 def eikonal(sdf_grad: jax.Array, live: jax.Array) -> jax.Array:
   """Mean (|∇f| - 1)² over live samples: an SDF has unit gradient."""
   return _masked_mean((numerics.safe_norm(sdf_grad) - 1.0) ** 2, live)
+
+
+def eroded_mask(mask: jax.Array, pixels: int = 4) -> jax.Array:
+  """[..., H, W, 1] 0/1 mask eroded by `pixels`: 1 - maxpool_{(2p+1)²}(1 - m), with the image
+  outside counted as foreground (the reference's max_pool2d(1 - m, 9, 1, padding=4) pads with
+  -inf)."""
+  if pixels <= 0:
+    return mask
+  size = 2 * pixels + 1
+  window = (1,) * (mask.ndim - 3) + (size, size, 1)
+  pooled = jax.lax.reduce_window(1.0 - mask, -jnp.inf, jax.lax.max, window,
+                                 (1,) * mask.ndim, "SAME")
+  return 1.0 - pooled
+
+
+def rgb_l1_eroded(pred: jax.Array, gt: jax.Array, mask: jax.Array, background: float = 1.0,
+                  erode: int = 4) -> jax.Array:
+  """The texture stage's reference loss (reference §3): mean |pred - target|·m_e over all
+  pixels and channels, target = gt over the background, m_e the mask eroded by `erode` px."""
+  target = gt * mask + background * (1.0 - mask)
+  return jnp.mean(jnp.abs(pred - target) * eroded_mask(mask, erode))

@@ -31,10 +31,11 @@ from dc3d_jax.core import config_rules, devices, rng
 from dc3d_jax.geometry import isosurface
 from dc3d_jax.guidance import registry
 from dc3d_jax.io import writers
-from dc3d_jax.priors import oracle, resolve, state_dicts
+from dc3d_jax.priors import resolve, state_dicts, testbed
 from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
 from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
 from dc3d_jax.stages import geometry, geometry_rules, geometry_run
+from dc3d_jax.stages import texture, texture_rules, texture_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,8 @@ class Stage:
 # in process, or read from <init_from or this work dir>/<previous stage>/ (runner.load_final).
 STAGES = {"coarse_nerf": Stage(coarse_nerf_run.run, coarse_nerf_rules.RULES, coarse_nerf),
           "coarse_neus": Stage(coarse_neus_run.run, coarse_neus_rules.RULES, coarse_neus),
-          "geometry": Stage(geometry_run.run, geometry_rules.RULES, geometry)}
+          "geometry": Stage(geometry_run.run, geometry_rules.RULES, geometry),
+          "texture": Stage(texture_run.run, texture_rules.RULES, texture)}
 
 
 def predecessor(stage: str) -> str | None:
@@ -72,7 +74,7 @@ class RunContext:
   workdir: Path
   root_key: jax.Array
   reference: dict
-  ground_truth: object      # primitives.Mesh when the oracle knows the object, else None
+  ground_truth: object      # primitives.Mesh of data.object / the oracle's object, else None
   parallel: devices.DataParallel
   priors: registry.PriorStore
   progress: bool = True
@@ -118,13 +120,9 @@ class Inputs:
   provenance: dict
 
 
-def _uses_oracle(cfg) -> bool:
-  return "oracle" in (cfg.guidance.prior_2d, cfg.guidance.prior_3d)
-
-
 def _models(cfg) -> dict:
   g = cfg.guidance
-  stage0 = not cfg.data.image and not _uses_oracle(cfg)
+  stage0 = not reference.object_name(cfg) and not cfg.data.image
   out = {}
   if g.prior_2d == "sd" or stage0:
     out["stable_diffusion"] = g.sd_model
@@ -133,6 +131,13 @@ def _models(cfg) -> dict:
     if g.zero123_image_encoder:
       out["clip_vision"] = g.zero123_image_encoder
   return out
+
+
+def _texture_models(cfg) -> dict:
+  """The frozen SD base of the texture stage's BSD, when that stage runs with BSD."""
+  if "texture" not in cfg.stages or cfg.texture.guidance.kind != "bsd":
+    return {}
+  return {"stable_diffusion": cfg.texture.prior.model}
 
 
 def _check_models(models: dict) -> None:
@@ -149,6 +154,8 @@ def _render_sizes(cfg) -> set:
   for stage in cfg.stages:
     train = cfg[stage].get("train", {})
     sizes.update(train.get("resolutions", ()))
+    if "resolution" in cfg[stage]:
+      sizes.add(cfg[stage].resolution)
   return sizes
 
 
@@ -178,7 +185,10 @@ def preflight(cfg) -> Inputs:
   path = workdir.check_path(cfg.workdir)
   models = _models(cfg)
   _check_models(models)
-  gt = oracle.ground_truth_mesh(cfg.guidance.oracle_object) if _uses_oracle(cfg) else None
+  _check_models(_texture_models(cfg))
+  if cfg.guidance.prior_3d == "testbed":   # one small file: read and check it whole
+    testbed.load_model(testbed.resolve(cfg.guidance.testbed_model))
+  gt = reference.ground_truth(cfg)
   ref = reference.load(cfg, gt)
   if ref is not None:
     _check_reference(cfg, ref)

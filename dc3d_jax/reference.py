@@ -2,7 +2,10 @@
   - data.image: the user's file (background removed with u2netp if asked, then recentred);
   - stage 0: no data.image but a prompt: Stable Diffusion draws it, u2netp removes the
     background, it is recentred (reference §2 preprocessing, with u2netp for carvekit);
-  - the oracle's ground-truth object rendered at the reference view.
+  - a ground-truth object rendered at the reference view: data.object (the built-in
+    'primitives' or a testbed catalog object, e.g. a held-out one), or, when data.object is
+    empty, the object the oracle prior knows (guidance.oracle_object). Its mesh also scores
+    the run (novel views, Chamfer, F-score, volume IoU).
 `load` checks the reference in memory (nothing written: the pipeline validates every input
 before it writes); `save` then puts a copy under `<workdir>/reference/` so the run's input can
 be looked at; `identity` says what it was made from, for the work dir's provenance.json."""
@@ -18,7 +21,7 @@ from PIL import Image
 from dc3d_jax import cameras
 from dc3d_jax.geometry import rasterize
 from dc3d_jax.io import background, images, recenter, writers
-from dc3d_jax.priors import text_to_image
+from dc3d_jax.priors import oracle, text_to_image
 
 
 def render_ground_truth(mesh, views: cameras.ViewSettings, size: int) -> tuple:
@@ -108,6 +111,25 @@ def generate_reference(cfg, workdir: Path, store) -> np.ndarray:
   return check_mask(rgba, what)
 
 
+def object_name(cfg) -> str:
+  """The ground-truth object of this run, or "" (a user image or stage 0)."""
+  if cfg.data.object:
+    return cfg.data.object
+  uses_oracle = "oracle" in (cfg.guidance.prior_2d, cfg.guidance.prior_3d)
+  return cfg.guidance.oracle_object if uses_oracle and not cfg.data.image else ""
+
+
+def ground_truth(cfg):
+  """primitives.Mesh of the run's ground-truth object (world frame, as rendered), or None."""
+  name = object_name(cfg)
+  if not name:
+    return None
+  if name == "primitives":
+    return oracle.ground_truth_mesh(name)
+  from dc3d_jax.testbed import objects   # reads assets/testbed: only when asked for
+  return objects.ground_truth_mesh(name)
+
+
 def uses_stage0(cfg, ground_truth) -> bool:
   return not cfg.data.image and ground_truth is None
 
@@ -125,8 +147,7 @@ def load(cfg, ground_truth) -> dict | None:
     # Already in the reference camera's frame: recentring would move it off the ground truth.
     rgba, depth = render_ground_truth(ground_truth, views, cfg.data.image_size)
     return {"rgba": rgba, "depth": depth,
-            "source": f"ground truth '{cfg.guidance.oracle_object}' rendered at the "
-                      "reference view"}
+            "source": f"ground truth '{object_name(cfg)}' rendered at the reference view"}
   return None
 
 
@@ -142,7 +163,7 @@ def identity(cfg, ground_truth) -> dict:
     return {"image_sha256": _sha256(cfg.data.image),
             "depth_sha256": _sha256(cfg.data.depth) if cfg.data.depth else ""}
   if ground_truth is not None:
-    return {"oracle_object": cfg.guidance.oracle_object}
+    return {"oracle_object": object_name(cfg)}
   return {"stage0": _stage0_settings(cfg)}
 
 

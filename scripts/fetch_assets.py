@@ -106,8 +106,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     print(fetch_u2netp(args.dest))
-    from assets_lpips import fetch_lpips  # scripts/ is on sys.path when run as a script
+    # scripts/ is on sys.path when run as a script
+    from assets_lpips import fetch_lpips
+    from assets_testbed import fetch_testbed
     print(fetch_lpips(args.dest))
+    print(fetch_testbed(args.dest))
   except FetchError as err:
     print(f"fetch_assets: {err}", file=sys.stderr)
     return 1

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import coarse_nerf_step, eval_protocol, sds_step
 
 
@@ -90,3 +92,24 @@ def test_rasterize_benchmark_writes_json(tmp_path):
   assert saved["backend"] == "jax" and run["faces"] == 48 and run["overflow"] == 0
   assert run["grad_finite"] and 0.2 < run["covered_fraction"] < 0.8
   assert run["forward"]["median_s"] > 0 and run["fwd_bwd"]["cpu_s_per_call"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:`LoRALinearLayer` is deprecated:FutureWarning")
+def test_bsd_step_benchmark_runs_jax_and_torch(tmp_path, monkeypatch):
+  """A one-level UNet and a one-block VAE (8x8 latents) in place of SD 2.1-base; lora mode,
+  BSD step (every mode x step pair was run by hand with tiny models, benchmarks/RESULTS.md)."""
+  from benchmarks import bsd_step
+  unet = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+              block_out_channels=(32,), attention_head_dim=8, cross_attention_dim=32,
+              down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",))
+  vae = dict(bsd_step.SD_VAE, layers_per_block=1, block_out_channels=(32,),
+             down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
+  monkeypatch.setattr(bsd_step, "SETUP", dict(unet=unet, vae=vae, render=16, vae_size=8,
+                                              context=(7, 32)))
+  out = tmp_path / "bsd.json"
+  record = bsd_step.main(["--out", str(out), "--mode", "lora", "--step", "bsd",
+                          "--repeats", "1", "--torch"])
+  saved = json.loads(out.read_text())
+  assert saved["jax"]["median_s"] > 0 and saved["torch"]["median_s"] > 0
+  assert saved["expected_bytes"]["trained_parameters_per_copy"] < saved["expected_bytes"][
+      "unet_parameters"] and record["compiled"]["temp_size_in_bytes"] > 0

@@ -1,7 +1,14 @@
 """The shipped configs' claims: the CPU demo scales every step-based schedule of the
 reference config by one factor (configs/demo.py's docstring)."""
 
+import pytest
+
+from conftest import ROOT
 from configs import demo, dreamcraft3d
+from dc3d_jax import cli, pipeline
+
+# Not configs of experiments/run.py: the testbed prior's training config and a config part.
+NOT_RUN_CONFIGS = ("__init__", "testbed", "texture_section")
 
 
 def test_demo_scales_every_step_based_schedule():
@@ -21,3 +28,14 @@ def test_demo_scales_every_step_based_schedule():
     s0, v0, v1, s1 = ref.loss[name]
     got = tuple(small.loss[name])
     assert got == (0.0,) or got == (at(s0), v0, v1, at(s0) + (s1 - s0)), name
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.py")
+                                        if p.stem not in NOT_RUN_CONFIGS))
+def test_every_run_config_passes_validation(name):
+  """Each shipped run config loads as `--config=configs/<name>.py` and passes every rule (the
+  reference config with the oracle in place of the image and weights it asks for)."""
+  extra = ["--config.guidance.prior_2d=oracle", "--config.guidance.prior_3d=none"]
+  cfg = cli.load_config(cli.parse_args([f"--config=configs/{name}.py",
+                                        *(extra if name == "dreamcraft3d" else [])]))
+  pipeline.validate(cfg)

@@ -17,10 +17,11 @@ from dc3d_jax.core import schedules
 from dc3d_jax.errors import ConfigError
 from dc3d_jax.guidance.sds import SDSGuidance
 from dc3d_jax.priors import (loading, noise_schedule, oracle, precision, stable_diffusion,
-                             zero123)
+                             testbed, zero123)
 
 SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
-KINDS = {"prior_2d": ("none", "oracle", "sd"), "prior_3d": ("none", "oracle", "zero123")}
+KINDS = {"prior_2d": ("none", "oracle", "sd"),
+         "prior_3d": ("none", "oracle", "zero123", "testbed")}
 SD_T_SCHEDULES = ("snr_matched_if", "if_fractions")
 
 
@@ -56,6 +57,11 @@ class PriorStore:
           image_encoder=self._cfg.zero123_image_encoder or None)
     return self._models["zero123"]
 
+  def testbed(self):
+    if "testbed" not in self._models:
+      self._models["testbed"] = testbed.load_model(testbed.resolve(self._cfg.testbed_model))
+    return self._models["testbed"]
+
 
 def _stable_diffusion_prior(cfg, store: PriorStore):
   g = cfg.guidance
@@ -88,7 +94,11 @@ def _make_prior(kind: str, cfg, store, reference):
   if kind == "sd":
     return _stable_diffusion_prior(cfg, store)
   if reference is None:
-    raise ValueError("the Zero123 prior needs the reference image")
+    raise ValueError(f"the {kind} prior needs the reference image")
+  if kind == "testbed":
+    return testbed.make_testbed_prior(
+        store.testbed(), reference["rgba"], guidance_scale=cfg.guidance.testbed_guidance_scale,
+        ref_elevation_deg=cfg.data.ref_elevation_deg, ref_azimuth_deg=cfg.data.ref_azimuth_deg)
   return _zero123_prior(cfg, store, reference)
 
 

@@ -47,6 +47,9 @@ class Handoff:
   # camera -> {"rgb", "opacity", "depth", "comp_normal"} numpy [H, W, C], and "kept_frac";
   # a report.MonitoredRenderer, so truncated evaluation renders are reported.
   render_fn: Callable
+  # The stage module that made the state (extract_mesh, albedo_fn...): the texture stage
+  # reads its predecessor's mesh through it.
+  module: Any = None
 
 
 def visual_row(out: dict) -> list:
@@ -149,7 +152,7 @@ def run_stage(ctx, stage: ModuleType, settings, prior_params,
   state = loop.run(plan, ctx.workdir / stage.NAME, cfg[stage.NAME].train, progress=ctx.progress)
   render_fn = report.MonitoredRenderer(renderer(state), f"{stage.NAME} evaluation",
                                        truncation_hint(stage))
-  return Handoff(state=state, settings=settings, render_fn=render_fn)
+  return Handoff(state=state, settings=settings, render_fn=render_fn, module=stage)
 
 
 def load_final(ctx, stage: ModuleType, source: Path) -> Handoff:
@@ -179,7 +182,7 @@ def load_final(ctx, stage: ModuleType, source: Path) -> Handoff:
     constants = ctx.parallel.replicate(constants(settings))
   renderer = image_renderer(stage, settings, ctx.cfg.eval.chunk_rays, constants)
   return Handoff(state=state, settings=settings, render_fn=report.MonitoredRenderer(
-      renderer(state), f"{stage.NAME} evaluation", truncation_hint(stage)))
+      renderer(state), f"{stage.NAME} evaluation", truncation_hint(stage)), module=stage)
 
 
 def missing_predecessor(name: str, source: Path) -> str:

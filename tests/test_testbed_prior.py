@@ -1,0 +1,183 @@
+"""The testbed prior (issue 10): Stable-Zero123's relative camera, the Prior protocol and an
+SDS step through it, DDIM, weights files, and the training script (2 steps, resume, export)."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import testbed_tiny
+from configs import testbed as testbed_config
+from dc3d_jax import cameras
+from dc3d_jax.errors import ModelError
+from dc3d_jax.guidance import registry
+from dc3d_jax.guidance.sds import SDSGuidance
+from dc3d_jax.priors import ddim, testbed
+from dc3d_jax.priors.testbed_unet import Architecture
+from experiments import train_prior
+
+TINY = Architecture(resolution=16, channels=(16,), attention_levels=(), emb_dim=32,
+                    groups=4)
+
+
+def test_relative_pose_matches_hand_computed_values():
+  # Target (elevation 30°, azimuth 90°) from the reference (0°, 0°): polar 60° vs 90°.
+  np.testing.assert_allclose(testbed.relative_pose(jnp.array([30.0]), jnp.array([90.0])),
+                             [[-math.pi / 6, 1.0, 0.0, math.pi / 2]], atol=1e-6)
+  # Target (-10°, -135°) from (20°, 0°): polar 100° vs 70°; Stable-Zero123's 4th entry is
+  # the reference's own polar angle, 70° = 1.22173 rad.
+  h = math.sqrt(0.5)
+  np.testing.assert_allclose(
+      testbed.relative_pose(jnp.array([-10.0]), jnp.array([-135.0]), 20.0, 0.0),
+      [[math.pi / 6, -h, -h, math.radians(70.0)]], atol=1e-6)
+  # The reference view itself: T = [0, 0, 1, θ_ref].
+  np.testing.assert_allclose(testbed.relative_pose(jnp.array([0.0]), jnp.array([0.0])),
+                             [[0.0, 0.0, 1.0, math.pi / 2]], atol=1e-6)
+
+
+def test_ddim_returns_the_known_clean_image_under_an_exact_denoiser():
+  alphas = testbed.alphas_cumprod()
+  x0 = jnp.linspace(-0.9, 0.9, 2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
+  a_of = lambda t: jnp.asarray(alphas)[t][:, None, None, None]
+  # The exact ε and v of x_t when the data is the single image x0 (v = √ᾱ ε − √(1−ᾱ) x0).
+  eps = lambda x_t, t: (x_t - jnp.sqrt(a_of(t)) * x0) / jnp.sqrt(1.0 - a_of(t))
+  v = lambda x_t, t: jnp.sqrt(a_of(t)) * eps(x_t, t) - jnp.sqrt(1.0 - a_of(t)) * x0
+  noise = jax.random.normal(jax.random.key(0), x0.shape)
+  out_v = ddim.sample(ddim.v_denoiser(v, alphas), noise, alphas, 10)
+  np.testing.assert_allclose(out_v, x0, atol=1e-4)
+  # ε-prediction at t = 999 (ᾱ = 2.4e-9) divides by √ᾱ; it still works with an exact ε
+  # after clipping x̂_0, but only to a looser tolerance.
+  out_eps = ddim.sample(ddim.eps_denoiser(eps, alphas), noise, alphas, 10)
+  np.testing.assert_allclose(out_eps, x0, atol=1e-2)
+  np.testing.assert_array_equal(ddim.timesteps(4, 1000), [999, 749, 499, 249])
+
+
+def _reference_rgba():
+  obj = testbed_tiny.tiny_object()
+  from dc3d_jax.testbed import render
+  return render.render_views(obj, render.place(obj.vertices, 0.0, 0.0), 0.0, 0.0, 32, 1)[0]
+
+
+def test_prior_protocol_cfg_and_one_sds_step():
+  params = testbed.init_params(TINY, jax.random.key(1))
+  # A non-zero output layer (it starts at zero), so ε_c and ε_u differ and CFG is tested.
+  last = sorted(k for k in params if k.startswith("Conv_"))[-1]
+  params[last]["kernel"] = 0.1 * jax.random.normal(jax.random.key(2),
+                                                   params[last]["kernel"].shape)
+  model = testbed.TestbedModel(arch=TINY, params=params, card={})
+  prior, params = testbed.make_testbed_prior(model, _reference_rgba(), guidance_scale=3.0)
+  assert prior.alphas_cumprod().shape == (1000,)
+  cams = cameras.make_camera(jnp.array([10.0, 30.0]), jnp.array([45.0, -120.0]), 3.8, 20.0,
+                             32, 32)
+  renders = jnp.full((2, 32, 32, 3), 0.5)
+  guidance = SDSGuidance(prior=prior, t_min=(0.02,), t_max=(0.98,))
+
+  @jax.jit
+  def everything(params, renders):
+    x = prior.encode(params, renders, None)
+    cond = prior.condition(params, cams)
+    t, x_t = jnp.array([100, 700]), jax.random.normal(jax.random.key(3), x.shape)
+    eps_c = testbed.apply(params["unet"], x_t, t, cond, TINY)
+    eps_u = testbed.apply(params["unet"], x_t, t, testbed.null_conditioning(cond), TINY)
+    guided = prior.predict_noise(params, x_t, t, cond)
+    # ε̂ = √(1−ᾱ) x_t + √ᾱ v̂ of the network's v̂.
+    a = jnp.asarray(prior.alphas_cumprod())[t][:, None, None, None]
+    v_c = testbed.apply_v(params["unet"], x_t, t, cond, TINY)
+    eps_from_v = jnp.sqrt(1.0 - a) * x_t + jnp.sqrt(a) * v_c
+    loss_fn = lambda r: guidance.loss(params, r, cams, 0, jax.random.key(4))[0]
+    return x, cond, eps_c, eps_u, guided, eps_from_v, jax.value_and_grad(loss_fn)(renders)
+
+  results = everything(params, renders)
+  x, cond = results[:2]
+  assert x.shape == (2, 16, 16, 3) and np.allclose(x, 0.0)     # 0.5 grey -> 0 in [-1, 1]
+  assert cond["ref"].shape == (2, 16, 16, 3) and cond["pose"].shape == (2, 4)
+  np.testing.assert_allclose(cond["pose"], testbed.relative_pose(cams.elevation_deg,
+                                                                 cams.azimuth_deg), atol=1e-6)
+  x, cond, eps_c, eps_u, guided, eps_from_v, (loss, grad) = results
+  np.testing.assert_allclose(eps_c, eps_from_v, atol=1e-6)
+  assert float(jnp.abs(eps_c - eps_u).max()) > 1e-3
+  np.testing.assert_allclose(guided, eps_u + 3.0 * (eps_c - eps_u), atol=1e-5)
+  assert np.isfinite(float(loss)) and grad.shape == renders.shape
+  assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0
+
+
+def test_registry_builds_the_testbed_prior_from_the_config(tmp_path):
+  from configs import dreamcraft3d
+  path = tmp_path / "tiny.safetensors"
+  testbed.save_model(path, TINY, testbed.init_params(TINY, jax.random.key(0)), {"steps": 0})
+  cfg = dreamcraft3d.get_config("quick")
+  with cfg.unlocked():
+    cfg.guidance.update(prior_2d="none", prior_3d="testbed", testbed_model=str(path),
+                        testbed_guidance_scale=2.5)
+  store = registry.PriorStore(cfg.guidance)
+  terms, params = registry.build(cfg, "coarse_nerf", store, {"rgba": _reference_rgba()})
+  prior = terms["sds_3d"].prior
+  assert isinstance(prior, testbed.TestbedPrior) and prior.guidance_scale == 2.5
+  assert params["sds_3d"]["ref"].shape == (1, 16, 16, 3)
+  assert store.testbed() is store.testbed()           # loaded once per run
+
+
+def _corrupt(path, tensors: dict, metadata: dict):
+  import safetensors.numpy
+  safetensors.numpy.save_file(tensors, str(path), metadata=metadata)
+
+
+def test_loading_rejects_corrupt_or_mismatched_weights(tmp_path):
+  good = tmp_path / "good.safetensors"
+  testbed.save_model(good, TINY, testbed.init_params(TINY, jax.random.key(0)), {})
+  assert testbed.load_model(good).arch == TINY
+  garbage = tmp_path / "garbage.safetensors"
+  garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+  with pytest.raises(ModelError, match="garbage.safetensors"):
+    testbed.load_model(garbage)
+  import safetensors
+  with safetensors.safe_open(str(good), "numpy") as f:
+    tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata = f.metadata()
+  wrong_shape = dict(tensors)
+  name = sorted(tensors)[0]
+  wrong_shape[name] = np.zeros(tensors[name].shape[:-1] + (tensors[name].shape[-1] + 1,),
+                               np.float32)
+  _corrupt(tmp_path / "shape.safetensors", wrong_shape, metadata)
+  with pytest.raises(ModelError, match="shape.safetensors.*do not match"):
+    testbed.load_model(tmp_path / "shape.safetensors")
+  _corrupt(tmp_path / "other.safetensors", tensors, {**metadata, "format": "something-else"})
+  with pytest.raises(ModelError, match="other.safetensors.*not a testbed prior"):
+    testbed.load_model(tmp_path / "other.safetensors")
+  nan = dict(tensors, **{name: np.full(tensors[name].shape, np.nan, np.float32)})
+  _corrupt(tmp_path / "nan.safetensors", nan, metadata)
+  with pytest.raises(ModelError, match="NaN"):
+    testbed.load_model(tmp_path / "nan.safetensors")
+
+
+def test_training_script_runs_resumes_and_writes_loadable_weights(tmp_path):
+  train, heldout = testbed_tiny.tiny_sets()
+  cfg = testbed_config.get_config("quick")
+  run = tmp_path / "run"
+  with cfg.unlocked():
+    cfg.run_dir = str(run)
+    cfg.train.update(steps=3, checkpoint_every=2, sample_every=2)
+  card = train_prior.run(cfg, train, heldout, command="test")
+  weights = run / train_prior.WEIGHTS_NAME
+  uninterrupted = testbed.load_model(weights)
+  assert uninterrupted.arch.resolution == 16 and uninterrupted.card["steps"] == 3
+  assert set(card["heldout"]) >= {"prior", "reference", "mirrored"}
+  init = testbed.init_params(uninterrupted.arch, jax.random.key(0))
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
+                                 uninterrupted.params, init)
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
+  # Interrupt after step 2: drop the last checkpoint and the export, then run again.
+  import shutil
+  shutil.rmtree(run / "checkpoints" / "3")
+  weights.unlink()
+  train_prior.run(cfg, train, heldout, command="test")
+  resumed = testbed.load_model(weights)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+  steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3]
+  held = [json.loads(line) for line in (run / "heldout.jsonl").read_text().splitlines()]
+  assert [h["step"] for h in held] == [2] and 0.0 <= held[0]["prior/mask_iou"] <= 1.0
+  assert (run / "samples" / "step_000002.png").is_file()
