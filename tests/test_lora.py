@@ -26,7 +26,7 @@ CONTEXT = (1, 7, 32)       # [N, L, D]: the tiny UNet's cross_attention_dim is 3
 
 def tiny_torch_unet():
   """The project's tiny random SD UNet (the one place this file builds tiny models)."""
-  from dc3d_jax.priors import tiny
+  from experiments import tiny_models as tiny
   return tiny.tiny_unet(4, use_linear_projection=True, seed=0)
 
 
