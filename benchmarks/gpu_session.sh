@@ -9,11 +9,14 @@
 #                                           # parity, precision, SDS, BSD, hash-grid, volume tests
 #   bash benchmarks/gpu_session.sh raster   # rasterizer 1024², 10k/100k faces: nvdiffrast and
 #                                           # pure JAX, then tests/test_rasterize_gpu.py
+#   bash benchmarks/gpu_session.sh geometry # NeuS step 256², DMTet geometry step 1024²
+#   bash benchmarks/gpu_session.sh testbed  # trains the testbed prior for 480 s (issue 10),
+#                                           # then its held-out table
 # PYTHON picks the interpreter (default python3). JSON and logs go to $OUT (the device
 # tool's folder that comes back). Copy the figures into benchmarks/RESULTS.md with the GPU
 # name, the date and these commands.
 set -uo pipefail
-group=${1:?usage: gpu_session.sh fields|priors|bsd_lora|bsd_full|tests|raster}
+group=${1:?usage: gpu_session.sh fields|priors|bsd_lora|bsd_full|tests|raster|geometry|testbed}
 out=${OUT:?OUT must name the folder results go to}
 py=${PYTHON:-python3}
 mkdir -p "$out"
@@ -65,7 +68,25 @@ case $group in
       --out "$out/rasterize_jax_gpu.json"
     step pytest_raster "$py" -m pytest -q -W ignore -m gpu tests/test_rasterize_gpu.py
     ;;
-  *) echo "unknown group '$group': expected fields, priors, bsd_lora, bsd_full, tests or raster" >&2
+  geometry)
+    export XLA_PYTHON_CLIENT_PREALLOCATE=false   # nvdiffrast's torch allocates beside JAX
+    step neus_step_256 "$py" -m benchmarks.coarse_nerf_step --stage coarse_neus --res 256 \
+      --warmup 2 --repeats 5 --out "$out/coarse_neus_step_256_gpu.json"
+    step geometry_step_1024 "$py" -m benchmarks.geometry_step --res 1024 --warmup 2 \
+      --repeats 5 --out "$out/geometry_step_1024_gpu.json"
+    ;;
+  testbed)
+    # Needs assets/testbed on the device (it cannot reach the registries): carry "assets".
+    # The CPU run's config; 480 s of training (timeout stops it; the run is resumable and its
+    # checkpoints every 250 steps stay), then the held-out table of its newest checkpoint.
+    run_dir="$out/testbed_prior"
+    timeout 480 "$py" -m experiments.train_prior --config=configs/testbed.py \
+      --config.run_dir="$run_dir" > "$out/train_prior.log" 2>&1
+    echo "train_prior stopped with $? (124: the 480 s cap)"; tail -c 400 "$out/train_prior.log"
+    step eval_prior "$py" -m experiments.eval_prior --run_dir="$run_dir" \
+      --out="$out/testbed_prior_heldout_gpu.json"
+    ;;
+  *) echo "unknown group '$group': expected fields, priors, bsd_lora, bsd_full, tests, raster, geometry or testbed" >&2
      exit 2 ;;
 esac
 exit $status
