@@ -8,7 +8,6 @@ count, guidance, size checks), not image quality.
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
