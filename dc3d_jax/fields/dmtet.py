@@ -7,28 +7,20 @@ Geometry: per-vertex parameters over a tet grid (geometry/tets.py) of resolution
 the surface is the zero level set of the linear interpolant of s, extracted by marching tets
 (differentiable in s and δ) into a padded mesh with static budgets.
 
-Texture: colour c(x) = sigmoid(MLP_c(h(x))), h the hash encoding of x scaled from the scene box
-[-r, r]^3 to [0, 1]^3 with every level on, as the NeuS field does. Its parameter names
-(hash_table, feature_mlp) are DensityField's and SDFField's, so the warm start copies them.
+Texture: the colour field of fields/texture.py (hash grid with every level on + colour MLP),
+whose parameter names (hash_table, feature_mlp) are DensityField's and SDFField's, so the warm
+start copies them; it sits beside s and δ in the stage's params.
 """
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dc3d_jax.fields.density import normalize_points
-from dc3d_jax.fields.mlp import VanillaMLP
+from dc3d_jax.fields import texture
 from dc3d_jax.geometry import hash_grid
 from dc3d_jax.geometry import marching_tets as mt
 from dc3d_jax.geometry import tets as tets_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class TextureSettings:
-  radius: float = 2.0      # the scene box [-r, r]^3 the hash grid covers (coarse_nerf's)
-  hidden: int = 64         # the colour MLP's width (the NeuS field's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,33 +30,11 @@ class MeshBudget:
   max_faces: int
 
 
-class TextureField(nn.Module):
-  """[N, 3] world points -> [N, 3] albedo in (0, 1)."""
-  grid: hash_grid.HashGridSpec
-  settings: TextureSettings
-
-  def setup(self):
-    self.hash_table = self.param("hash_table", lambda k: hash_grid.init_table(k, self.grid))
-    self.feature_mlp = VanillaMLP(hidden=(self.settings.hidden,), out_dim=3)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    u = normalize_points(x, self.settings.radius)
-    mask = jnp.ones((self.grid.n_levels,), jnp.float32)     # all levels on, as NeuS
-    h = hash_grid.encode(self.hash_table, u, self.grid, mask)
-    return jax.nn.sigmoid(self.feature_mlp(h))
-
-
-def fresh_texture(grid: hash_grid.HashGridSpec, settings: TextureSettings, key) -> dict:
-  """{hash_table, feature_mlp} newly initialised."""
-  return TextureField(grid, settings).init(key, jnp.zeros((1, 3)))["params"]
-
-
-def texture_fn(params, grid: hash_grid.HashGridSpec, settings: TextureSettings):
-  """[N, 3] -> [N, 3] albedo, bound to params' hash_table and feature_mlp."""
-  field = TextureField(grid, settings)
-  variables = {"params": {"hash_table": params["hash_table"],
-                          "feature_mlp": params["feature_mlp"]}}
-  return lambda x: field.apply(variables, x)
+def texture_fn(params, grid: hash_grid.HashGridSpec, settings: texture.TextureSettings):
+  """[N, 3] -> [N, 3] albedo of the geometry stage's params (their hash_table and feature_mlp
+  are fields/texture.py's colour field; sdf and deformation are not the field's)."""
+  return texture.color_fn({"hash_table": params["hash_table"],
+                           "feature_mlp": params["feature_mlp"]}, grid, settings)
 
 
 def isosurface(params, bbox: jax.Array, grid: tets_lib.TetGrid,

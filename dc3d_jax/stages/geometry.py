@@ -35,6 +35,7 @@ from dc3d_jax import cameras as cams
 from dc3d_jax.core import chunking
 from dc3d_jax.errors import ConfigError, ResumeError
 from dc3d_jax.fields import dmtet
+from dc3d_jax.fields import texture as texture_field
 from dc3d_jax.geometry import dmtet_init, hash_grid, isosurface, mesh_ops
 from dc3d_jax.geometry import marching_tets as mt
 from dc3d_jax.geometry import rasterize as raster_lib
@@ -61,7 +62,7 @@ TRUNCATION_HINT = (f"raise {BUDGET_KEYS} (mesh) or {NAME}.render.max_pairs (rast
 class Settings:
   """Everything static a step needs, built once from the config."""
   grid: hash_grid.HashGridSpec
-  texture: dmtet.TextureSettings
+  texture: texture_field.TextureSettings
   tet_resolution: int
   budget: dmtet.MeshBudget
   render: mesh_render.MeshRenderSettings
@@ -97,7 +98,7 @@ def settings_from_config(cfg, guidance: Mapping, batch_size: int, data_sharding=
       field_chunk=r.field_chunk, remat=r.remat)
   return Settings(
       grid=hash_grid.HashGridSpec.from_config(cfg[cn.NAME].field.grid),
-      texture=dmtet.TextureSettings(radius=cfg[cn.NAME].field.radius,
+      texture=texture_field.TextureSettings(radius=cfg[cn.NAME].field.radius,
                                     hidden=cfg[neus.NAME].field.hidden),
       tet_resolution=t.resolution, budget=dmtet.MeshBudget(t.max_vertices, t.max_faces),
       render=render, views=cams.ViewSettings.from_config(cfg.data, s.views.progressive_until),
@@ -126,12 +127,12 @@ def init_state(settings: Settings, key, grid: tets_lib.TetGrid | None = None):
   grid = tet_grid(settings) if grid is None else grid
   sdf, bbox = dmtet.sphere_sdf(grid, neus.SDFSettings().sphere_radius, settings.bbox_margin)
   params = {"sdf": sdf, "deformation": jnp.zeros(grid.vertices.shape, jnp.float32),
-            **dmtet.fresh_texture(settings.grid, settings.texture, key)}
+            **texture_field.init_params(settings.grid, settings.texture, key)}
   return common.new_state(params, settings.tx, {"bbox": bbox})
 
 
 def _check_carried(neus_state, settings: Settings) -> None:
-  want = jax.eval_shape(lambda: dmtet.fresh_texture(settings.grid, settings.texture,
+  want = jax.eval_shape(lambda: texture_field.init_params(settings.grid, settings.texture,
                                                     jax.random.key(0)))
   for name in CARRIED:
     got = jax.tree_util.tree_map(jnp.shape, neus_state.params[name])
