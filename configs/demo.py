@@ -56,7 +56,6 @@ they exceed 20 min.
 from configs import dreamcraft3d
 
 STEPS = 2000
-SCALE = STEPS / 5000  # maps the reference's step numbers onto this run
 # A NeuS step costs what a NeRF step with normals costs (3 extra field queries per sample for
 # the SDF gradient): ~2x the demo's NeRF step here (the docstring's table). 300 steps keep the
 # three stages within 20 minutes.
@@ -64,10 +63,6 @@ NEUS_STEPS = 300
 # A DMTet step at 128² costs ~4x the demo's NeRF step (two rasterized views and the mesh).
 GEOMETRY_STEPS = 200
 TEXTURE_STEPS = 200
-
-
-def at(step: int) -> int:
-  return int(round(step * SCALE))
 
 
 def _shrink_neus(n) -> None:
@@ -99,15 +94,11 @@ def _shrink_texture(t) -> None:
     t.guidance[slot].t_max = (s0, v0, v1, TEXTURE_STEPS)
 
 
-def get_config(arg: str | None = None):
-  c = dreamcraft3d.base_config()
-  c.workdir = "outputs/demo"
-  c.stages = ("coarse_nerf", "coarse_neus", "geometry", "texture")
-  # The embedded default: the oracle prior knows the built-in toy; no weights needed.
-  c.guidance.prior_2d, c.guidance.prior_3d = "oracle", "none"
-  c.data.image_size = 256
-  n = c.coarse_nerf
-  n.train.update(steps=STEPS, resolutions=(64,), resolution_milestones=(), log_every=20,
+def shrink_nerf(n, steps: int) -> None:
+  """The coarse-NeRF section at `steps` steps, 64², with every step-based schedule (band
+  growth, loss-weight changes, timestep annealing, progressive views) scaled by steps/5000."""
+  at = lambda step: int(round(step * steps / 5000))
+  n.train.update(steps=steps, resolutions=(64,), resolution_milestones=(), log_every=20,
                  checkpoint_every=200, sample_every=300)
   n.field.grid.update(n_levels=12, log2_table_size=16, per_level_scale=1.3703509847201236)
   n.field.update(band_start_level=6, band_start_step=at(2000), band_update_steps=at(500))
@@ -123,12 +114,28 @@ def get_config(arg: str | None = None):
   n.views.progressive_until = at(n.views.progressive_until)
   for name in ("orient", "normal_smooth_2d", "normal_smooth_3d"):
     n.loss[name] = dreamcraft3d.const(0)
+
+
+def build(nerf_steps: int = STEPS):
+  """The demo's config, unlocked, with its coarse-NeRF section at `nerf_steps` steps."""
+  c = dreamcraft3d.base_config()
+  c.workdir = "outputs/demo"
+  c.stages = ("coarse_nerf", "coarse_neus", "geometry", "texture")
+  # The embedded default: the oracle prior knows the built-in toy; no weights needed.
+  c.guidance.prior_2d, c.guidance.prior_3d = "oracle", "none"
+  c.data.image_size = 256
+  shrink_nerf(c.coarse_nerf, nerf_steps)
   _shrink_neus(c.coarse_neus)
   _shrink_geometry(c.geometry)
   _shrink_texture(c.texture)
   c.eval.update(resolution=128, orbit_views=60)
   c.export.update(mesh_resolution=128, texture_size=512)
+  return c
+
+
+def get_config(arg: str | None = None):
   if arg:
     raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
+  c = build()
   c.lock()
   return c

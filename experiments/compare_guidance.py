@@ -6,11 +6,14 @@
 For every object and seed it runs the config twice through `pipeline.run`, with
 `data.object=<object>` and `seed=<seed>`:
   guided     the config as it is (e.g. the testbed prior in the 3D slot);
-  unguided   the same with every stage's sds_2d / sds_3d weight 0 (reference-view losses only:
-             the same seeds, steps, views and schedules, so the difference is the guidance).
+  unguided   the same with every stage's sds_2d / sds_3d weight 0 and both prior slots "none"
+             (reference-view losses only, no prior loaded: the same seeds, steps, views and
+             schedules, so the difference is the guidance).
 Each run has its own work dir under --root (<object>-s<seed>-<arm>); re-running the command
 resumes unfinished runs and skips finished ones, so a long sweep can be stopped and continued.
---set KEY=VALUE (repeatable) overrides config keys in both arms.
+--set KEY=VALUE (repeatable) overrides config keys in both arms. --arms=unguided runs one arm
+only (it needs no prior weights, so it can run while the prior still trains); the table then
+has that arm alone, and the full command later skips its finished runs.
 
 Writes --out (JSON): per run the headline metrics (novel-view PSNR, mask IoU, Chamfer, F-score
 at each threshold, reference-view PSNR, wall time) and per arm their mean ± std over runs,
@@ -31,11 +34,13 @@ HEADLINE = ("novel_psnr", "novel_mask_iou", "chamfer", "fscore@0.02", "fscore@0.
 
 
 def arm_overrides(cfg, arm: str) -> dict:
-  """The unguided arm: every stage's guidance weights 0 (their terms then leave the step)."""
+  """The unguided arm: every stage's guidance weights 0 (their terms then leave the step) and
+  no prior in either slot."""
   if arm == "guided":
     return {}
-  return {f"{stage}.loss.{slot}": (0.0,) for stage in cfg.stages
-          for slot in ("sds_2d", "sds_3d") if slot in cfg[stage].get("loss", {})}
+  weights = {f"{stage}.loss.{slot}": (0.0,) for stage in cfg.stages
+             for slot in ("sds_2d", "sds_3d") if slot in cfg[stage].get("loss", {})}
+  return {**weights, "guidance.prior_2d": "none", "guidance.prior_3d": "none"}
 
 
 def run_config(args, obj: str, seed: int, arm: str):
@@ -43,7 +48,8 @@ def run_config(args, obj: str, seed: int, arm: str):
           f"--config.workdir={Path(args.root) / f'{obj}-s{seed}-{arm}'}",
           *(f"--config.{kv}" for kv in args.set)]
   cfg = cli.load_config(cli.parse_args(argv))
-  config_overrides.apply_overrides(cfg, {k: repr(v) for k, v in arm_overrides(cfg, arm).items()})
+  config_overrides.apply_overrides(cfg, {k: v if isinstance(v, str) else repr(v)
+                                         for k, v in arm_overrides(cfg, arm).items()})
   return cfg
 
 
@@ -52,6 +58,8 @@ def summarize(rows: list) -> dict:
   out = {}
   for arm in ARMS:
     runs = [r for r in rows if r["arm"] == arm]
+    if not runs:
+      continue
     out[arm] = {}
     for name in HEADLINE:
       values = [r["metrics"][name] for r in runs if name in r["metrics"]]
@@ -62,9 +70,9 @@ def summarize(rows: list) -> dict:
 
 
 def markdown(summary: dict) -> str:
-  names = [n for n in HEADLINE if any(n in summary[a] for a in ARMS)]
+  names = [n for n in HEADLINE if any(n in arm for arm in summary.values())]
   lines = ["| arm | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-  for arm in ARMS:
+  for arm in (a for a in ARMS if a in summary):
     cells = [f"{summary[arm][n]['mean']:.4g} ± {summary[arm][n]['std']:.2g}"
              if n in summary[arm] else "—" for n in names]
     lines.append(f"| {arm} | " + " | ".join(cells) + " |")
@@ -79,11 +87,16 @@ def main(argv=None) -> dict:
   parser.add_argument("--root", default="outputs/compare_guidance")
   parser.add_argument("--out", required=True)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of "
+                      + ",".join(ARMS))
   args = parser.parse_args(argv)
+  arms = args.arms.split(",")
+  if not arms or set(arms) - set(ARMS):
+    parser.error(f"--arms: expected names from {ARMS}, got {args.arms!r}")
   rows = []
   for obj in args.objects.split(","):
     for seed in (int(s) for s in args.seeds.split(",")):
-      for arm in ARMS:
+      for arm in (a for a in ARMS if a in arms):
         cfg = run_config(args, obj, seed, arm)
         results = pipeline.run(cfg, progress=False)
         rows.append({"object": obj, "seed": seed, "arm": arm, "workdir": cfg.workdir,

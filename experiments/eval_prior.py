@@ -10,7 +10,8 @@
 
 Protocol (evaluation.py): every catalog.HELD_OUT object at its catalog front, the 14 novel
 views of dataset.EVAL_VIEWS, one DDIM sample per view and seed; beside the `reference` and
-`mirrored` baselines. Prints the markdown table that docs/RESULTS.md carries.
+`mirrored` baselines, and the prior's one-step posterior-mean estimate (evaluation.py says
+why both). Prints the markdown table that docs/RESULTS.md carries.
 """
 
 import json
@@ -48,7 +49,8 @@ def checkpoint_weights(run_dir: Path):
 
 
 def markdown(result: dict, label: str) -> str:
-  rows = [("testbed prior (" + label + ")", result["prior"]),
+  rows = [("testbed prior (" + label + "): DDIM samples", result["prior"]),
+          ("testbed prior (" + label + "): posterior mean", result["prior_mean"]),
           ("baseline: reference image", result["reference"]),
           ("baseline: reference mirrored", result["mirrored"])]
   lines = ["| prediction | novel-view PSNR (dB) | mask IoU |", "|---|---|---|"]
@@ -94,7 +96,7 @@ def main(argv):
     writers.save_png(Path(_OUT.value).with_suffix(".png"), evaluation.sample_grid(heldout,
                                                                                  samples[0]))
   if _EXPORT.value:
-    card["heldout"] = {k: result[k] for k in ("prior", "reference", "mirrored",
+    card["heldout"] = {k: result[k] for k in ("prior", "prior_mean", "reference", "mirrored",
                                               "gt_mask_agreement", "protocol")}
     card["eval_command"] = result["command"]
     testbed.save_model(_EXPORT.value, arch, jax.device_get(params), card)

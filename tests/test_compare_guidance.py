@@ -5,6 +5,7 @@ stand-in records each config and returns figures made from it."""
 import json
 
 import numpy as np
+import pytest
 
 from experiments import compare_guidance
 
@@ -28,12 +29,14 @@ def test_arms_differ_only_in_the_guidance_and_are_summarised(tmp_path, capsys, m
   for cfg, run in zip(seen, record["runs"]):
     assert (cfg.data.object, cfg.seed) == (run["object"], run["seed"])
     assert cfg.workdir == str(tmp_path / "runs" / f"{run['object']}-s{run['seed']}-{run['arm']}")
-    assert cfg.guidance.prior_3d == "testbed"           # --set reaches both arms
     weights = [cfg[s].loss[k] for s in cfg.stages for k in ("sds_2d", "sds_3d")]
     if run["arm"] == "guided":
+      assert cfg.guidance.prior_3d == "testbed"         # --set reaches the run
       assert cfg.coarse_neus.loss.sds_3d == (0.5,) and cfg.coarse_nerf.loss.sds_3d == (0.1,)
     else:
       assert all(w == (0.0,) for w in weights)
+      assert (cfg.guidance.prior_2d, cfg.guidance.prior_3d) == ("none", "none")
+      assert cfg.coarse_nerf.train.steps == seen[0].coarse_nerf.train.steps
     assert set(run["metrics"]) == {"novel_psnr", "chamfer"}    # the headline only
   psnr = record["summary"]["guided"]["novel_psnr"]
   assert psnr["n"] == 4 and np.isclose(psnr["mean"], 12.0 + 1.5)
@@ -41,3 +44,18 @@ def test_arms_differ_only_in_the_guidance_and_are_summarised(tmp_path, capsys, m
   assert record["summary"]["unguided"]["novel_psnr"]["mean"] == 11.5
   table = capsys.readouterr().out
   assert "| guided | 13.5 ± 1.5 | 0.1 ± 0 |" in table
+
+
+def test_one_arm_runs_alone_and_a_bad_arm_is_refused(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(compare_guidance.pipeline, "run",
+                      lambda cfg, progress=True: seen.append(cfg) or {"novel_psnr": 1.0})
+  record = compare_guidance.main([
+      "--config=configs/dreamcraft3d.py:quick", "--objects=cow", "--seeds=0,1",
+      f"--root={tmp_path}", f"--out={tmp_path / 'o.json'}", "--arms=unguided"])
+  assert [r["arm"] for r in record["runs"]] == ["unguided", "unguided"]
+  assert set(record["summary"]) == {"unguided"}
+  assert all(cfg.guidance.prior_3d == "none" for cfg in seen)
+  with pytest.raises(SystemExit):
+    compare_guidance.main(["--config=configs/dreamcraft3d.py:quick", "--objects=cow",
+                           f"--out={tmp_path / 'o.json'}", "--arms=guided,off"])

@@ -4,18 +4,21 @@ reference config by one factor (configs/demo.py's docstring)."""
 import pytest
 
 from conftest import ROOT
-from configs import demo, dreamcraft3d
+from configs import demo, dreamcraft3d, heldout
 from dc3d_jax import cli, pipeline
 
 # Not configs of experiments/run.py: the testbed prior's training config and a config part.
 NOT_RUN_CONFIGS = ("__init__", "testbed", "texture_section")
 
 
-def test_demo_scales_every_step_based_schedule():
-  ref, small = dreamcraft3d.get_config().coarse_nerf, demo.get_config().coarse_nerf
-  at = lambda step: int(round(step * demo.SCALE))
-  assert small.train.steps == at(ref.train.steps) == demo.STEPS
-  assert small.views.progressive_until == at(ref.views.progressive_until) == 80
+@pytest.mark.parametrize("small, steps, progressive", [
+    (demo.get_config().coarse_nerf, demo.STEPS, 80),
+    (heldout.get_config("nerf").coarse_nerf, heldout.NERF_STEPS, 40)])
+def test_shrunk_nerf_scales_every_step_based_schedule(small, steps, progressive):
+  ref = dreamcraft3d.get_config().coarse_nerf
+  at = lambda step: int(round(step * steps / 5000))
+  assert small.train.steps == at(ref.train.steps) == steps
+  assert small.views.progressive_until == at(ref.views.progressive_until) == progressive
   assert small.field.band_start_step == at(ref.field.band_start_step)
   assert small.field.band_update_steps == at(ref.field.band_update_steps)
   for slot in ("sds_2d", "sds_3d"):                    # timestep annealing
@@ -30,12 +33,12 @@ def test_demo_scales_every_step_based_schedule():
     assert got == (0.0,) or got == (at(s0), v0, v1, at(s0) + (s1 - s0)), name
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.py")
-                                        if p.stem not in NOT_RUN_CONFIGS))
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.py")
+                                        if p.stem not in NOT_RUN_CONFIGS) + ["heldout.py:nerf"])
 def test_every_run_config_passes_validation(name):
   """Each shipped run config loads as `--config=configs/<name>.py` and passes every rule (the
   reference config with the oracle in place of the image and weights it asks for)."""
   extra = ["--config.guidance.prior_2d=oracle", "--config.guidance.prior_3d=none"]
-  cfg = cli.load_config(cli.parse_args([f"--config=configs/{name}.py",
-                                        *(extra if name == "dreamcraft3d" else [])]))
+  cfg = cli.load_config(cli.parse_args([f"--config=configs/{name}",
+                                        *(extra if name == "dreamcraft3d.py" else [])]))
   pipeline.validate(cfg)

@@ -181,3 +181,33 @@ def test_training_script_runs_resumes_and_writes_loadable_weights(tmp_path):
   held = [json.loads(line) for line in (run / "heldout.jsonl").read_text().splitlines()]
   assert [h["step"] for h in held] == [2] and 0.0 <= held[0]["prior/mask_iou"] <= 1.0
   assert (run / "samples" / "step_000002.png").is_file()
+
+
+def test_evaluation_scores_samples_and_the_unguided_posterior_mean(monkeypatch):
+  """With an exact denoiser of a flat image (grey 0.6 unguided, 0.9 under CFG), DDIM returns
+  that image, so each row's PSNR is the closed form of a flat image against the targets."""
+  from dc3d_jax.eval import metrics
+  from dc3d_jax.testbed import evaluation
+  alphas = jnp.asarray(testbed.alphas_cumprod())
+
+  def exact_v(params, x_t, t, cond, guidance_scale, arch):
+    x0 = jnp.where(guidance_scale == 1.0, 0.2, 0.8) * jnp.ones_like(x_t)
+    a = alphas[jnp.broadcast_to(t, (x_t.shape[0],))][:, None, None, None]
+    eps = (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
+    return jnp.sqrt(a) * eps - jnp.sqrt(1.0 - a) * x0
+
+  monkeypatch.setattr(evaluation.testbed, "guided_v", exact_v)
+  evaluation._sample.clear_cache()
+  try:
+    _, heldout = testbed_tiny.tiny_sets()
+    params = testbed.init_params(TINY, jax.random.key(0))
+    result, samples = evaluation.evaluate(params, TINY, heldout, jax.random.key(1),
+                                          ddim_steps=3, guidance_scale=3.0, seeds=(0, 1))
+  finally:
+    evaluation._sample.clear_cache()
+  target = heldout["targets"][0, ..., :3].astype(np.float32) / 255.0
+  flat = lambda v: np.mean([metrics.psnr(np.full_like(t, v), t) for t in target])
+  np.testing.assert_allclose(samples, 0.9, atol=1e-5)
+  assert result["prior"]["psnr"] == pytest.approx(flat(0.9), abs=1e-3)
+  assert result["prior_mean"]["psnr"] == pytest.approx(flat(0.6), abs=1e-3)
+  assert result["prior_mean"]["n"] == len(target)

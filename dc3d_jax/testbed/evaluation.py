@@ -2,8 +2,13 @@
 
 For each held-out object (dataset.build_heldout_set: catalog front at e_ref = 0) and each
 novel view of dataset.EVAL_VIEWS, the prior draws a DDIM sample (η = 0, CFG s) from the
-reference image and T; one sample per (view, seed). Baselines: `reference` predicts the
-reference image itself for every view, `mirrored` the reference flipped left-right.
+reference image and T; one sample per (view, seed). `prior_mean` is the prior's estimate of
+the posterior mean E[x_0 | reference, T]: its x̂_0 at t = T − 1 from pure noise without
+guidance (a one-step DDIM at CFG 1), the image that minimises expected squared error and the
+target an SDS step pulls a render towards at high t. A sample is one draw of what the view may
+be, the mean a blur of all of them, so PSNR favours the mean; both are reported. Baselines:
+`reference` predicts the reference image itself for every view, `mirrored` the reference
+flipped left-right.
 
 Scores per image, then averaged: PSNR (eval.metrics.psnr, RGB on white in [0, 1]) and mask
 IoU (eval.metrics.mask_iou). A sample has no alpha, so every mask (prediction, baselines and
@@ -72,13 +77,16 @@ def scores(pred_rgb: np.ndarray, target_rgba: np.ndarray) -> dict:
 
 def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance_scale: float,
              seeds=(0,), views=None) -> tuple[dict, np.ndarray]:
-  """-> ({"prior", "reference", "mirrored": scores, "gt_mask_agreement", "per_object"},
-  samples [S, N·V, R, R, 3] of every seed)."""
+  """-> ({"prior", "prior_mean", "reference", "mirrored": scores, "gt_mask_agreement",
+  "per_object"}, samples [S, N·V, R, R, 3] of every seed)."""
   ref, pose, target, ref_rgb = flat_inputs(heldout, views)
   samples = np.stack([sample_views(params, arch, jnp.asarray(ref), pose,
                                    rng.key_for(root_key, "testbed/eval", s),
                                    ddim_steps=ddim_steps, guidance_scale=guidance_scale)
                       for s in seeds])
+  mean = sample_views(params, arch, jnp.asarray(ref), pose,
+                      rng.key_for(root_key, "testbed/eval", seeds[0]), ddim_steps=1,
+                      guidance_scale=1.0)
   n_obj = heldout["ref"].shape[0]
   per_view = target.shape[0] // n_obj
   per_object = {str(name): scores(samples[:, i * per_view:(i + 1) * per_view].reshape(
@@ -90,11 +98,13 @@ def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance
   result = {
       "prior": scores(samples.reshape((-1,) + samples.shape[2:]),
                       np.tile(target, (len(seeds), 1, 1, 1))),
+      "prior_mean": scores(mean, target),
       "reference": scores(ref_rgb, target),
       "mirrored": scores(ref_rgb[:, :, ::-1], target),
       "gt_mask_agreement": float(agreement),
       "per_object": per_object,
       "protocol": {"ddim_steps": ddim_steps, "guidance_scale": guidance_scale,
+                   "prior_mean": "one-step DDIM from t = T - 1, CFG 1, seed 0's noise",
                    "seeds": list(seeds), "views_per_object": per_view,
                    "objects": [str(n) for n in heldout["names"]]},
   }
