@@ -1,6 +1,6 @@
 """Guided against unguided on ground-truth objects: the method measured where it can be.
 
-  python -m experiments.compare_guidance --config=configs/heldout.py \
+  python -m experiments.compare_guidance --config=configs/demo.py:nerf \
       --objects=cow,bunny00,duck --seeds=0,1 --out=benchmarks/results/heldout_guidance.json
 
 For every object and seed it runs the config twice through `pipeline.run`, with
@@ -16,21 +16,25 @@ only (it needs no prior weights, so it can run while the prior still trains); th
 has that arm alone, and the full command later skips its finished runs.
 
 Writes --out (JSON): per run the headline metrics (novel-view PSNR, mask IoU, Chamfer, F-score
-at each threshold, reference-view PSNR, wall time) and per arm their mean ± std over runs,
-and prints the table as Markdown (the form docs/RESULTS.md keeps).
+at 2% and 5%, volume IoU, reference-view PSNR, wall time) and per arm their mean ± std over
+runs, and prints the table as Markdown (the form docs/RESULTS.md keeps). Beside it, --out with .png:
+per object and seed, the reference, then the unguided and the guided run's last training
+samples (RGB at azimuths 0°, 90°, 180°, 270°), to show what the guidance did.
 """
 
 import argparse
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dc3d_jax import cli, config_overrides, pipeline
 from dc3d_jax.io import writers
+from dc3d_jax.stages import runner
 
 ARMS = ("guided", "unguided")
 HEADLINE = ("novel_psnr", "novel_mask_iou", "chamfer", "fscore@0.02", "fscore@0.05",
-            "ref_psnr", "wall_time_s")
+            "volume_iou", "ref_psnr", "wall_time_s")
 
 
 def arm_overrides(cfg, arm: str) -> dict:
@@ -51,6 +55,35 @@ def run_config(args, obj: str, seed: int, arm: str):
   config_overrides.apply_overrides(cfg, {k: v if isinstance(v, str) else repr(v)
                                          for k, v in arm_overrides(cfg, arm).items()})
   return cfg
+
+
+def _read(path: Path, mode: str = "RGB") -> np.ndarray:
+  return np.asarray(Image.open(path).convert(mode), np.float32) / 255.0
+
+
+def last_sample_views(workdir: Path, stage: str) -> list:
+  """The RGB cells of the stage's newest samples/step_*.png (runner.visual_row's layout: one
+  row per sample azimuth, rgb | normal | depth | opacity); white cells if it has none."""
+  rows = len(runner.SAMPLE_AZIMUTHS_DEG)
+  paths = sorted((Path(workdir) / stage / "samples").glob("step_*.png"))
+  if not paths:
+    return [np.ones((8, 8, 3), np.float32)] * rows
+  grid = _read(paths[-1])
+  cell = (grid.shape[0] - (rows - 1) * writers.GRID_GAP) // rows
+  return [grid[r * (cell + writers.GRID_GAP):][:cell, :cell] for r in range(rows)]
+
+
+def sample_grid(rows: list, stage: str) -> np.ndarray:
+  """One line per (object, seed): reference | unguided views | guided views."""
+  workdirs = {(r["object"], r["seed"], r["arm"]): Path(r["workdir"]) for r in rows}
+  cells = []
+  for obj, seed in dict.fromkeys((r["object"], r["seed"]) for r in rows):
+    runs = [workdirs.get((obj, seed, arm)) for arm in ("unguided", "guided")]
+    ref = next(w for w in runs if w) / "reference" / "rgba.png"
+    cells.append(_read(ref, "RGBA") if ref.is_file() else np.ones((8, 8, 3), np.float32))
+    for workdir in runs:
+      cells += last_sample_views(workdir or Path("/nonexistent"), stage)
+  return writers.image_grid(cells, 1 + 2 * len(runner.SAMPLE_AZIMUTHS_DEG))
 
 
 def summarize(rows: list) -> dict:
@@ -104,6 +137,7 @@ def main(argv=None) -> dict:
   summary = summarize(rows)
   record = {"config": args.config, "overrides": args.set, "runs": rows, "summary": summary}
   writers.save_json(Path(args.out), record)
+  writers.save_png(Path(args.out).with_suffix(".png"), sample_grid(rows, cfg.stages[-1]))
   print(markdown(summary))
   return record
 

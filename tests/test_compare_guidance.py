@@ -3,9 +3,11 @@ themselves are pipeline.run (tests/test_stage_chain.py, tests/test_data_object.p
 stand-in records each config and returns figures made from it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments import compare_guidance
 
@@ -59,3 +61,38 @@ def test_one_arm_runs_alone_and_a_bad_arm_is_refused(tmp_path, monkeypatch):
   with pytest.raises(SystemExit):
     compare_guidance.main(["--config=configs/dreamcraft3d.py:quick", "--objects=cow",
                            f"--out={tmp_path / 'o.json'}", "--arms=guided,off"])
+
+
+def test_sample_grid_puts_each_runs_last_rgb_views_beside_the_reference(tmp_path, monkeypatch):
+  """Each stand-in run writes a reference and two sample grids in runner.visual_row's layout
+  (one colour per arm and azimuth); the PNG beside --out must hold the newest one's RGB cells
+  in order: reference | unguided 0°..270° | guided 0°..270°."""
+  from dc3d_jax.io import writers
+  from dc3d_jax.stages import runner
+  n, cell = len(runner.SAMPLE_AZIMUTHS_DEG), 6
+  colour = lambda arm, r: np.array([0.2 * r, 0.9 if arm == "guided" else 0.1, 0.5])
+
+  def fake_run(cfg, progress=True):
+    wd = Path(cfg.workdir)
+    arm = "guided" if cfg.guidance.prior_3d != "none" else "unguided"
+    writers.save_png(wd / "reference" / "rgba.png", np.zeros((cell, cell, 4)))
+    for step, shift in ((100, 0.5), (200, 0.0)):          # the newest must be the one read
+      rows = [[np.full((cell, cell, 3), colour(arm, r) + shift), np.zeros((cell, cell, 3))]
+              for r in range(n)]
+      writers.save_png(wd / "coarse_nerf" / "samples" / f"step_{step:06d}.png",
+                       writers.image_grid([c for row in rows for c in row], 2))
+    return {"novel_psnr": 1.0}
+
+  monkeypatch.setattr(compare_guidance.pipeline, "run", fake_run)
+  compare_guidance.main([
+      "--config=configs/dreamcraft3d.py:quick", "--objects=cow", "--seeds=0",
+      f"--root={tmp_path}", f"--out={tmp_path / 'o.json'}", "--set",
+      "guidance.prior_2d=none", "--set", "guidance.prior_3d=oracle",
+      "--set", 'stages=("coarse_nerf",)'])
+  grid = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"), np.float32) / 255.0
+  pitch = cell + writers.GRID_GAP
+  assert grid.shape == (cell, (1 + 2 * n) * pitch - writers.GRID_GAP, 3)
+  np.testing.assert_allclose(grid[:, :cell], 1.0)          # the transparent reference: white
+  for k, (arm, r) in enumerate([(a, r) for a in ("unguided", "guided") for r in range(n)]):
+    got = grid[:, (1 + k) * pitch:][:, :cell]
+    np.testing.assert_allclose(got, np.broadcast_to(colour(arm, r), got.shape), atol=1 / 255)
