@@ -30,7 +30,7 @@ KEYS = {
     "render.rasterizer": Choice("rasterizer backend", options=rasterize.BACKENDS),
     "render.max_pairs": Int("tiled visibility search budget (0: its default)", lo=0),
     "render.field_chunk": Int("colour queries per chunk (0: all at once)", lo=0),
-    "guidance.kind": Choice("'bsd': the BSD cycle on trained copies of texture.prior.model; "
+    "guidance.kind": Choice("'bsd': the BSD cycle on trained copies of texture.prior.base; "
                             "'sds': plain SDS through guidance.prior_2d/prior_3d",
                             options=tx.GUIDANCE_KINDS),
     "optim.lr.*": Float("AdamW learning rate of a parameter group", lo=0.0),
