@@ -14,6 +14,9 @@ batch-major on every leaf (classifier-free guidance concatenates rows):
                  from v, its cosine schedule, and per-view conditions (`view_conditions`:
                  reference image + relative camera) instead of a prompt table.
 Layouts: x, ε NHWC; images NHWC in [0, 1]; t [N] int32.
+A base may also define `view_conditions(cond_params, cameras) -> (c_vd, u, c_vi)`: then BSD's
+per-view conditions come from it (TestbedBase) instead of the prompt table
+(stages/texture_steps.bsd_conditions).
 """
 
 import dataclasses

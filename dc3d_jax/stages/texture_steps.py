@@ -5,8 +5,9 @@ with the state donated. batch: {"ref": the reference at texture.resolution}. pri
 {"bsd": {"base", "codec", "prompts" [6, ...]}} for BSD on SD (the frozen base network's
 params, the VAE's, the prompt table of texture.py), {"bsd": {"base", "codec": {},
 "conditioning": {"ref"}}} for BSD on the testbed base (priors/testbed_base.py: per-view
-conditions from the reference and each camera), or {slot: params} of the SDS terms. Every random draw
-uses key_for(root_key, "texture/<stream>", step), so a resumed run equals an uninterrupted one.
+conditions from the reference and each camera), or {slot: params} of the SDS terms. Every
+random draw uses key_for(root_key, "texture/<stream>", step), so a resumed run equals an
+uninterrupted one.
 Metrics: "loss" (the weighted total of the step's kind) and "loss/<term>" unweighted.
 """
 
