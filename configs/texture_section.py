@@ -35,7 +35,11 @@ def bsd_section() -> ml_collections.ConfigDict:
 def prior_section() -> ml_collections.ConfigDict:
   """The two trained UNets (priors/trainable.py). lr defaults: docs/texture_bsd.md."""
   c = ml_collections.ConfigDict()
-  c.model = "stabilityai/stable-diffusion-2-1-base"   # the frozen base (diffusers folder / id)
+  # The frozen base: "sd" (the reference: SD 2.1-base of `model`, latent space, text prompts)
+  # or "testbed" (guidance.testbed_model, the in-project pixel-space model conditioned on the
+  # reference image and relative camera; priors/testbed_base.py; memory_mode "full" only).
+  c.base = "sd"
+  c.model = "stabilityai/stable-diffusion-2-1-base"   # SD base (diffusers folder / id), "sd" only
   c.memory_mode = "full"         # "full": two full trainable UNets (DC) | "lora": adapters
   c.lora_rank = 4                # diffusers' LoRAAttnProcessor default rank (DS)
   c.lora_alpha = 4.0             # LoRA scale alpha / rank = 1, as diffusers without network_alpha

@@ -133,9 +133,16 @@ def _models(cfg) -> dict:
   return out
 
 
-def _texture_models(cfg) -> dict:
-  """The frozen SD base of the texture stage's BSD, when that stage runs with BSD."""
+def _texture_bsd_base(cfg) -> str | None:
+  """texture.prior.base when the texture stage runs with BSD, else None."""
   if "texture" not in cfg.stages or cfg.texture.guidance.kind != "bsd":
+    return None
+  return cfg.texture.prior.base
+
+
+def _texture_models(cfg) -> dict:
+  """The frozen SD base of the texture stage's BSD, when that stage runs BSD on SD."""
+  if _texture_bsd_base(cfg) != "sd":
     return {}
   return {"stable_diffusion": cfg.texture.prior.model}
 
@@ -186,7 +193,7 @@ def preflight(cfg) -> Inputs:
   models = _models(cfg)
   _check_models(models)
   _check_models(_texture_models(cfg))
-  if cfg.guidance.prior_3d == "testbed":   # one small file: read and check it whole
+  if "testbed" in (cfg.guidance.prior_3d, _texture_bsd_base(cfg)):   # small: read it whole
     testbed.load_model(testbed.resolve(cfg.guidance.testbed_model))
   gt = reference.ground_truth(cfg)
   ref = reference.load(cfg, gt)

@@ -2,8 +2,10 @@
 
 Symbols: z the render's latent (the base's x); t an integer timestep; ᾱ_t; ε ~ N(0, I);
 z_t = √ᾱ_t z + √(1-ᾱ_t) ε; φ_DB the DreamBooth prior, φ_est the score estimator (both
-TrainedCopy over one frozen base); c_vd the current view's prompt embedding, c_vi the
-view-independent one, u the unconditional one; CFG(ε_c, ε_u, s) = ε_u + s(ε_c - ε_u).
+TrainedCopy over one frozen base); c_vd the current view's condition (a prompt embedding on
+SD; the reference image and relative camera on the testbed base, priors/testbed_base.py), c_vi
+the view-independent one, u the unconditional one; CFG(ε_c, ε_u, s) = ε_u + s(ε_c - ε_u).
+Every ᾱ and T below is the base's (`base.alphas_cumprod()`): SD's DDPM or the testbed's cosine.
 
 Per 1000-step cycle (`what_happens`):
   DreamBooth phase (first 200 steps; no gradient reaches the 3D model)
@@ -189,8 +191,8 @@ class BSD:
     the reference view) masks the sampling when settings.masked_augmentation."""
     s = self.settings
     g = self.grid()
-    start = dpm_solver.start_index(max_timestep(step, s), s.sampler_steps,
-                                   self.alphas().shape[0])
+    n_train = self.alphas().shape[0]
+    start = dpm_solver.start_index(max_timestep(step, s, n_train), s.sampler_steps, n_train)
     z = jax.lax.stop_gradient(z).astype(jnp.float32)
     noise = jax.random.normal(key, z.shape, jnp.float32)
     use_db = state.augmentations > 0

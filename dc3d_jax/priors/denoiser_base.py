@@ -7,10 +7,16 @@ batch-major on every leaf (classifier-free guidance concatenates rows):
                  render_size² (s_vae = 0.18215); cond = text embeddings [N, L, D]; an optional
                  class embedding [N, D_t] is added to the UNet's time embedding
                  (camera_embedding.py, DS's camera conditioning).
-  PixelDenoiser  any pixel-space `apply_fn(params, x_t, t, cond) -> ε` (the project's testbed
-                 prior): x = 2·render - 1 resized to size², decode the inverse; no class
-                 embedding.
+  PixelDenoiser  any pixel-space ε network `apply_fn(params, x_t, t, cond) -> ε` on a DDPM
+                 schedule (the tests' stand-ins): x = 2·render - 1 resized to size², decode
+                 the inverse; no class embedding.
+  TestbedBase    (priors/testbed_base.py) the project's v-prediction testbed model, its ε
+                 from v, its cosine schedule, and per-view conditions (`view_conditions`:
+                 reference image + relative camera) instead of a prompt table.
 Layouts: x, ε NHWC; images NHWC in [0, 1]; t [N] int32.
+A base may also define `view_conditions(cond_params, cameras) -> (c_vd, u, c_vi)`: then BSD's
+per-view conditions come from it (TestbedBase) instead of the prompt table
+(stages/texture_steps.bsd_conditions).
 """
 
 import dataclasses

@@ -28,7 +28,8 @@ What a step does (`kind_at`, from the step alone):
 Prompts of the BSD path (table rows, priors/prompts.py): the four direction prompts
 ("<p>, side view", ...; thresholds texture.prior.*_threshold_deg, 30/30/60 as the reference's
 SD prompt processor), the negative prompt (unconditional) and the plain prompt (the estimator's
-view-independent text).
+view-independent text). With texture.prior.base = "testbed" there is no table: the base gives
+each view's conditions itself (priors/testbed_base.py: reference image + relative camera).
 """
 
 import dataclasses
@@ -54,6 +55,7 @@ LOSS_TERMS = ("rgb", "bsd", "estimator", "dreambooth", "sds_2d", "sds_3d")
 PARAM_GROUPS = ("hash_table", "feature_mlp")
 CARRIED = PARAM_GROUPS               # copied from the predecessor when the shapes fit
 GUIDANCE_KINDS = ("bsd", "sds")
+BSD_BASES = ("sd", "testbed")        # texture.prior.base (texture_run.build_bsd)
 UNCOND = prompts.UNCOND              # row of the negative prompt in the BSD prompt table
 PLAIN = prompts.UNCOND + 1           # row of the plain (view-independent) prompt
 TRUNCATION_HINT = "the texture stage renders a mesh: nothing is truncated"

@@ -30,7 +30,7 @@ KEYS = {
     "render.rasterizer": Choice("rasterizer backend", options=rasterize.BACKENDS),
     "render.max_pairs": Int("tiled visibility search budget (0: its default)", lo=0),
     "render.field_chunk": Int("colour queries per chunk (0: all at once)", lo=0),
-    "guidance.kind": Choice("'bsd': the BSD cycle on trained copies of texture.prior.model; "
+    "guidance.kind": Choice("'bsd': the BSD cycle on trained copies of texture.prior.base; "
                             "'sds': plain SDS through guidance.prior_2d/prior_3d",
                             options=tx.GUIDANCE_KINDS),
     "optim.lr.*": Float("AdamW learning rate of a parameter group", lo=0.0),
@@ -58,7 +58,11 @@ KEYS = {
     "bsd.silhouette_band": Int("DS: no BSD gradient within this band of the silhouette "
                                "(0: off; DS 11)", lo=0),
     # texture.prior (priors/trainable.py)
-    "prior.model": Text("frozen SD base of the trained copies (diffusers folder or cached id)"),
+    "prior.base": Choice("frozen base of the trained copies: 'sd' (texture.prior.model, the "
+                         "reference) or 'testbed' (guidance.testbed_model; pixel space, "
+                         "image + camera conditioning)", options=tx.BSD_BASES),
+    "prior.model": Text("frozen SD base of the trained copies (diffusers folder or cached id; "
+                        "prior.base='sd' only)"),
     "prior.memory_mode": Choice("'full': two full trainable UNets; 'lora': adapters over one "
                                 "frozen base", options=trainable.MODES),
     "prior.lora_rank": Int("LoRA rank", lo=1),
@@ -93,10 +97,25 @@ def _bsd_checks(cfg):
     if len(tuple(s.loss[name])) != 1:
       yield f"{tx.NAME}.loss.{name}", "the ε-MSE weights are constants, (v,)"
   if s.guidance.kind == "bsd" and tx.NAME in cfg.stages:
+    yield from _base_checks(cfg)
+
+
+def _base_checks(cfg):
+  """What the BSD base needs: SD a prompt and texture.prior.model; the testbed base full
+  copies (LoRA targets SD's module names) and no class embedding."""
+  p = cfg[tx.NAME].prior
+  if p.base == "sd":
     if not cfg.prompt:
       yield "prompt", "empty, but the texture stage's BSD (texture.guidance.kind='bsd') needs one"
-    if not s.prior.model:
+    if not p.model:
       yield f"{tx.NAME}.prior.model", "empty: give a Stable Diffusion 2.1-base folder or id"
+    return
+  if p.memory_mode != "full":
+    yield f"{tx.NAME}.prior.memory_mode", ("the testbed base (texture.prior.base='testbed') "
+                                           "trains full copies only; set it to 'full'")
+  if cfg[tx.NAME].bsd.camera_condition:
+    yield f"{tx.NAME}.bsd.camera_condition", ("the testbed base has no class embedding (its "
+                                              "camera is an input already); set it False")
 
 
 def _named_sets(s):
@@ -121,6 +140,6 @@ def _checks(cfg):
 
 
 RULES = Section(tx.NAME, KEYS, checks=(_checks,),
-                shape_keys=("field.hidden", "guidance.kind", "prior.memory_mode",
-                            "prior.lora_rank", "bsd.cache_size", "bsd.camera_condition",
-                            "prior.render_size"))
+                shape_keys=("field.hidden", "guidance.kind", "prior.base",
+                            "prior.memory_mode", "prior.lora_rank", "bsd.cache_size",
+                            "bsd.camera_condition", "prior.render_size"))

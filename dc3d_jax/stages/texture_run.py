@@ -1,5 +1,6 @@
 """Wires the texture stage into a run: the fixed mesh from the previous stage, the guidance
-(BSD on the trained copies of texture.prior.model, or the configured SDS terms), the loop.
+(BSD on the trained copies of texture.prior.base: SD's texture.prior.model or the testbed
+model of guidance.testbed_model; or the configured SDS terms), the loop.
 
 The mesh is `previous.module.extract_mesh(previous.state, previous.settings,
 texture.mesh_resolution)` (DMTet's surface; the volume stages' marching cubes at that grid),
@@ -16,11 +17,11 @@ import jax.numpy as jnp
 
 from dc3d_jax import reference
 from dc3d_jax.core import devices
-from dc3d_jax.errors import ResumeError
+from dc3d_jax.errors import ConfigError, ResumeError
 from dc3d_jax.eval import report
 from dc3d_jax.guidance import bsd as bsd_lib
 from dc3d_jax.guidance import registry
-from dc3d_jax.priors import loading, prompts, stable_diffusion
+from dc3d_jax.priors import loading, prompts, stable_diffusion, testbed_base
 from dc3d_jax.priors.denoiser_base import LatentUNet
 from dc3d_jax.priors.trainable import JaxTrainablePrior
 from dc3d_jax.stages import loop, runner
@@ -39,7 +40,8 @@ def trainable_prior(prior_cfg, base, camera_condition: bool) -> JaxTrainablePrio
 
 
 def make_bsd(base, texture_cfg) -> bsd_lib.BSD:
-  """The BSD machinery on a frozen base (LatentUNet or PixelDenoiser) from texture.*."""
+  """The BSD machinery on a frozen base (LatentUNet, TestbedBase or PixelDenoiser) from
+  texture.*."""
   settings = bsd_lib.settings_from_config(texture_cfg)
   prior = trainable_prior(texture_cfg.prior, base, settings.camera_condition)
   return bsd_lib.BSD(base=base, dreambooth=prior, estimator=prior, settings=settings)
@@ -62,6 +64,15 @@ def bsd_prompt_table(models, prompt: str, negative_prompt: str, store) -> jax.Ar
 
 
 def build_bsd(ctx) -> tuple:
+  """-> (BSD on texture.prior.base, prior params {"bsd": ...}): Stable Diffusion ("sd", the
+  reference: {"base", "codec", "prompts"}) or the testbed model ("testbed":
+  {"base", "codec": {}, "conditioning": {"ref"}}, priors/testbed_base.py)."""
+  if ctx.cfg.texture.prior.base == "testbed":
+    return build_testbed_bsd(ctx)
+  return build_sd_bsd(ctx)
+
+
+def build_sd_bsd(ctx) -> tuple:
   """-> (BSD on Stable Diffusion, prior params {"bsd": {"base", "codec", "prompts"}})."""
   cfg = ctx.cfg
   models = _sd_models(ctx)
@@ -71,6 +82,24 @@ def build_bsd(ctx) -> tuple:
   table = bsd_prompt_table(models, cfg.prompt, cfg.guidance.negative_prompt, ctx.priors)
   params = {"base": models.params["unet"], "codec": models.params["vae"], "prompts": table}
   return make_bsd(base, cfg.texture), {"bsd": params}
+
+
+def build_testbed_bsd(ctx) -> tuple:
+  """-> (BSD on the testbed model of guidance.testbed_model (the run's PriorStore's, shared
+  with the 3D slot), prior params {"bsd": {"base", "codec": {}, "conditioning": {"ref"}}}).
+  Only texture.prior.memory_mode "full": LoRA's targets are SD's attention module names."""
+  cfg = ctx.cfg
+  if cfg.texture.prior.memory_mode != "full":
+    raise ConfigError(f"config texture.prior.memory_mode={cfg.texture.prior.memory_mode!r}: "
+                      "the testbed base (texture.prior.base='testbed') trains full copies "
+                      "only (LoRA targets SD's attention modules); set it to 'full'")
+  if ctx.reference is None:
+    raise ValueError("the testbed base of BSD needs the reference image")
+  base, params, conditioning = testbed_base.make_testbed_base(
+      ctx.priors.testbed(), ctx.reference["rgba"], ref_elevation_deg=cfg.data.ref_elevation_deg,
+      ref_azimuth_deg=cfg.data.ref_azimuth_deg)
+  return make_bsd(base, cfg.texture), {"bsd": {"base": params, "codec": {},
+                                               "conditioning": conditioning}}
 
 
 def build_settings(ctx) -> tuple:

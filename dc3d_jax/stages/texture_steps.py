@@ -2,9 +2,12 @@
 
 Each is the pure `train_step(state, batch, prior_params, root_key, *, settings, kind)`, jitted
 with the state donated. batch: {"ref": the reference at texture.resolution}. prior_params:
-{"bsd": {"base", "codec", "prompts" [6, ...]}} for BSD (the frozen base network's params, the
-VAE's, the prompt table of texture.py), or {slot: params} of the SDS terms. Every random draw
-uses key_for(root_key, "texture/<stream>", step), so a resumed run equals an uninterrupted one.
+{"bsd": {"base", "codec", "prompts" [6, ...]}} for BSD on SD (the frozen base network's
+params, the VAE's, the prompt table of texture.py), {"bsd": {"base", "codec": {},
+"conditioning": {"ref"}}} for BSD on the testbed base (priors/testbed_base.py: per-view
+conditions from the reference and each camera), or {slot: params} of the SDS terms. Every
+random draw uses key_for(root_key, "texture/<stream>", step), so a resumed run equals an
+uninterrupted one.
 Metrics: "loss" (the weighted total of the step's kind) and "loss/<term>" unweighted.
 """
 
@@ -47,6 +50,17 @@ def bsd_prompts(table, cameras, settings: Settings) -> tuple:
   b = index.shape[0]
   fixed = lambda r: rows(jnp.full((b,), r, jnp.int32))
   return rows(index), fixed(tx_stage.UNCOND), fixed(tx_stage.PLAIN), cameras.c2w.reshape(b, 16)
+
+
+def bsd_conditions(model, p, cameras, settings: Settings) -> tuple:
+  """(c_vd, u, c_vi) with B rows each and the flattened c2w [B, 16] for cameras [B]: the
+  base's own per-view conditions when it has `view_conditions` (the testbed base, from
+  p["conditioning"]: reference image + relative camera), else the prompt table's rows."""
+  view_conditions = getattr(model.base, "view_conditions", None)
+  if view_conditions is None:
+    return bsd_prompts(p["prompts"], cameras, settings)
+  b = cameras.c2w.shape[0]
+  return (*view_conditions(p["conditioning"], cameras), cameras.c2w.reshape(b, 16))
 
 
 def _update(state: TextureState, grads, settings: Settings) -> TextureState:
@@ -98,7 +112,7 @@ def bsd_step(state, batch, prior_params, root_key, settings: Settings):
   (detached) latent."""
   step, model, p = state.step, settings.bsd, prior_params["bsd"]
   cameras = random_views(root_key, step, settings, batch["ref"]["rgb"].shape[0])
-  cond, uncond, cond_vi, labels = bsd_prompts(p["prompts"], cameras, settings)
+  cond, uncond, cond_vi, labels = bsd_conditions(model, p, cameras, settings)
   k_enc, k_g, k_est = jax.random.split(_key(root_key, "bsd", step), 3)
 
   def loss_fn(params):
@@ -121,7 +135,7 @@ def dreambooth_step(state, batch, prior_params, root_key, settings: Settings, au
   view, then φ_DB's ε-MSE step with view 0's prompt. The colour field is not touched."""
   step, model, p = state.step, settings.bsd, prior_params["bsd"]
   cameras = random_views(root_key, step, settings, batch["ref"]["rgb"].shape[0])
-  cond, uncond, _, labels = bsd_prompts(p["prompts"], cameras, settings)
+  cond, uncond, _, labels = bsd_conditions(model, p, cameras, settings)
   k_enc, k_aug, k_db = jax.random.split(_key(root_key, "dreambooth", step), 3)
   bsd_state = state.bsd
   if augment:
