@@ -1,7 +1,7 @@
 """Speed and memory of one training step of the geometry (DMTet) stage.
 
   python -m benchmarks.geometry_step --out benchmarks/results/geometry_step_1024_cpu.json
-  python -m benchmarks.geometry_step --config configs.demo --res 128 --warmup 8 --repeats 4 \
+  python -m benchmarks.geometry_step --config configs.oracle --res 128 --warmup 8 --repeats 4 \
       --out benchmarks/results/geometry_step_demo128_cpu.json
 
 Builds the stage from a config (default: the reference settings, configs/dreamcraft3d.py:

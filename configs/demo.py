@@ -1,12 +1,27 @@
-"""CPU-sized demo: coarse NeRF -> NeuS -> DMTet -> texture recover the built-in ground-truth toy
-from its reference view through the oracle prior, and the textured DMTet mesh is exported (GLB,
-OBJ) and scored (novel views, chamfer, fscore in metrics.json). No weights needed. configs/oracle.py is the same run under
-its own name (the plumbing check; what the oracle proves is said there).
+"""The CPU demo: the method on an object the testbed prior never saw. A held-out testbed object
+(data.object = "cow", dc3d_jax/testbed/catalog.py HELD_OUT) gives the reference image; coarse
+NeRF -> NeuS -> DMTet -> texture run with the testbed prior (the learned 32² view-conditioned
+model in weights/testbed_prior.safetensors, issue 10) as the only prior, in the slot Zero123
+fills in the reference, with the same weights and t ranges; the textured DMTet mesh is
+exported (GLB, OBJ) and scored against the object's own mesh (novel views, Chamfer, F-score,
+volume IoU in metrics.json). No downloaded weights: the prior's weights are in the repo.
 
 Run:
   python -m experiments.run --config=configs/demo.py
+  python -m experiments.run --config=configs/demo.py --config.data.object=duck
 Outputs land in outputs/demo/ (metrics.json, export/model.glb and .obj, a turntable per stage,
-samples, checkpoints).
+samples, checkpoints). configs/oracle.py is the same stages with the oracle prior and the
+built-in toy: the plumbing check (what the oracle proves is said there).
+
+Guided against unguided over held-out objects and seeds (docs/RESULTS.md), on the coarse-NeRF
+stage alone at 1000 steps (the variant "nerf": twelve runs must fit on a 2-core machine; each
+step-based schedule is scaled to the 1000 steps as below for 2000):
+  python -m experiments.compare_guidance --config=configs/demo.py:nerf \
+      --objects=cow,bunny00,duck --seeds=0,1 --root=outputs/compare_guidance \
+      --out=benchmarks/results/heldout_guidance.json
+
+Differences from configs/dreamcraft3d.py beyond the sizes below: guidance.prior_2d = "none"
+(no text-to-image model can be had here; SD needs weights) and prior_3d = "testbed".
 
 It is configs/dreamcraft3d.py with these changes, all for CPU time:
   - fewer steps, with every step-based schedule scaled by the same factor 2000/5000: band
@@ -18,12 +33,13 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
     budgets, and transmittance pruning of samples hidden behind the surface;
   - the normal-based regularizers (orient, normal_smooth_2d, normal_smooth_3d) are off: their
     finite-difference normals cost 3-7 extra field queries per sample (3-4x the step time on
-    CPU), and the oracle's views constrain this object without them;
+    CPU);
   - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
-The texture section (stage 3) uses plain SDS through the oracle (texture.guidance.kind = "sds";
-BSD needs a learned prior to train copies of) at 64² on the previous stage's mesh (the DMTet
-surface; texture.mesh_resolution = 64 applies when a volume stage precedes it), TEXTURE_STEPS
+The texture section (stage 3) uses plain SDS through the prior (texture.guidance.kind = "sds";
+BSD on the testbed prior as its base model is not wired yet) at 64² on the previous stage's
+mesh (the DMTet surface; texture.mesh_resolution = 64 applies when a volume stage precedes
+it), TEXTURE_STEPS
 steps, with its t range's anneal scaled onto them (~70 s with its turntable and export,
 measured alone from a finished NeuS work dir; not in the three-stage figures below).
 The coarse_neus section is shrunk the same way (NEUS_STEPS steps at 64², the cosine anneal over
@@ -34,7 +50,8 @@ benchmarks/RESULTS.md), a 64 tet grid (32 cells across the fitted box) instead o
 budgets to match (the toy's mesh has ~20k faces there), the normal-consistency ramp scaled to
 the stage's length (10 until step 40, to 1 at step 80), no albedo chunking or recomputation.
 
-Stage times at these settings, measured 2026-12-01 by running each stage alone with few steps
+Stage times at these sizes with the oracle prior (configs/oracle.py), measured 2026-12-01 by
+running each stage alone with few steps
 (--config.stages=<stage> --config.<stage>.train.steps=N, each from the previous one's work dir
 through init_from) on the 2-core machine while other sessions loaded it (load average 8-10):
   stage         per step   first step (compile)   turntable + export + evaluation (as last)
@@ -51,6 +68,9 @@ F-score 0.936 at 2% and 0.981 at 5%, novel-view PSNR 24.6 dB, mask IoU 0.962
 (benchmarks/results/demo_three_stages_metrics_cpu.json). The NeRF-only demo took 6-7 min on a
 quiet machine (RESULTS.md), so the three stages should take ~10 min there; under heavy sharing
 they exceed 20 min.
+The demo as it is now (the held-out cow, the testbed prior in every stage, BSD on it in the
+texture stage) ran in 20 min 24 s, peak RSS 5.1 GB (2026-12-01, the guidance sweep beside it at
+nice 10; stages 435 / 186 / 202 / 197 s; benchmarks/results/demo_heldout_cpu.json).
 """
 
 from configs import dreamcraft3d
@@ -117,7 +137,8 @@ def shrink_nerf(n, steps: int) -> None:
 
 
 def build(nerf_steps: int = STEPS):
-  """The demo's config, unlocked, with its coarse-NeRF section at `nerf_steps` steps."""
+  """The demo's sizes with the oracle prior on the built-in toy (configs/oracle.py), unlocked,
+  its coarse-NeRF section at `nerf_steps` steps."""
   c = dreamcraft3d.base_config()
   c.workdir = "outputs/demo"
   c.stages = ("coarse_nerf", "coarse_neus", "geometry", "texture")
@@ -133,9 +154,33 @@ def build(nerf_steps: int = STEPS):
   return c
 
 
+NERF_STEPS = 1000   # the "nerf" variant's coarse-NeRF steps
+
+
+def _bsd_on_testbed(t) -> None:
+  """The texture stage's BSD with the testbed prior as its base (priors/testbed_base.py), the
+  reference's 1000-step cycle scaled onto TEXTURE_STEPS: DreamBooth phase 200 -> 40 steps, an
+  augmentation every 25 -> 5 steps (8 per phase, as the reference's 8), t_max's anneal over
+  the stage."""
+  scale = TEXTURE_STEPS / t.bsd.cycle_steps
+  t.guidance.kind = "bsd"
+  t.prior.update(base="testbed", memory_mode="full")
+  t.bsd.update(cycle_steps=TEXTURE_STEPS,
+               dreambooth_steps=int(round(t.bsd.dreambooth_steps * scale)),
+               augment_every=int(round(t.bsd.augment_every * scale)))
+  s0, v0, v1, _ = t.bsd.t_max
+  t.bsd.t_max = (s0, v0, v1, TEXTURE_STEPS)
+
+
 def get_config(arg: str | None = None):
-  if arg:
-    raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
-  c = build()
+  if arg not in (None, "", "nerf"):
+    raise ValueError(f"configs/demo.py: unknown variant {arg!r}; expected 'nerf'")
+  c = build(NERF_STEPS if arg == "nerf" else STEPS)
+  c.data.object = "cow"
+  c.guidance.update(prior_2d="none", prior_3d="testbed")
+  if arg == "nerf":
+    c.stages = ("coarse_nerf",)
+  else:
+    _bsd_on_testbed(c.texture)
   c.lock()
   return c

@@ -10,7 +10,7 @@ from benchmarks import coarse_nerf_step, eval_protocol, sds_step
 def test_coarse_nerf_step_benchmark_writes_json(tmp_path):
   out = tmp_path / "step.json"
   record = coarse_nerf_step.main([
-      "--out", str(out), "--config", "configs.demo", "--res", "16", "--warmup", "1",
+      "--out", str(out), "--config", "configs.oracle", "--res", "16", "--warmup", "1",
       "--repeats", "1", "--set", "coarse_nerf.field.grid.log2_table_size=10"])
   saved = json.loads(out.read_text())
   assert saved["resolution"] == 16 and saved["overrides"]["coarse_nerf.field.grid."
@@ -24,7 +24,7 @@ def test_coarse_nerf_step_benchmark_writes_json(tmp_path):
 def test_neus_step_benchmark_writes_json(tmp_path):
   out = tmp_path / "neus.json"
   coarse_nerf_step.main([
-      "--stage", "coarse_neus", "--out", str(out), "--config", "configs.demo", "--res", "16",
+      "--stage", "coarse_neus", "--out", str(out), "--config", "configs.oracle", "--res", "16",
       "--warmup", "1", "--repeats", "1", "--set", "coarse_nerf.field.grid.log2_table_size=10"])
   saved = json.loads(out.read_text())
   assert saved["benchmark"] == "coarse_neus_step" and saved["resolution"] == 16
@@ -35,7 +35,7 @@ def test_neus_step_benchmark_writes_json(tmp_path):
 def test_geometry_step_benchmark_writes_json(tmp_path):
   from benchmarks import geometry_step
   out = tmp_path / "geometry.json"
-  geometry_step.main(["--out", str(out), "--config", "configs.demo", "--res", "16",
+  geometry_step.main(["--out", str(out), "--config", "configs.oracle", "--res", "16",
                       "--warmup", "1", "--repeats", "1", "--variants", "rgb",  # one compile
                       "--set", "geometry.tets.resolution=8",
                       "--set", "coarse_nerf.field.grid.log2_table_size=10"])

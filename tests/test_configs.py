@@ -4,7 +4,7 @@ reference config by one factor (configs/demo.py's docstring)."""
 import pytest
 
 from conftest import ROOT
-from configs import demo, dreamcraft3d, heldout
+from configs import demo, dreamcraft3d, oracle
 from dc3d_jax import cli, pipeline
 
 # Not configs of experiments/run.py: the testbed prior's training config and a config part.
@@ -13,7 +13,8 @@ NOT_RUN_CONFIGS = ("__init__", "testbed", "texture_section")
 
 @pytest.mark.parametrize("small, steps, progressive", [
     (demo.get_config().coarse_nerf, demo.STEPS, 80),
-    (heldout.get_config("nerf").coarse_nerf, heldout.NERF_STEPS, 40)])
+    (oracle.get_config().coarse_nerf, demo.STEPS, 80),
+    (demo.get_config("nerf").coarse_nerf, demo.NERF_STEPS, 40)])
 def test_shrunk_nerf_scales_every_step_based_schedule(small, steps, progressive):
   ref = dreamcraft3d.get_config().coarse_nerf
   at = lambda step: int(round(step * steps / 5000))
@@ -34,7 +35,7 @@ def test_shrunk_nerf_scales_every_step_based_schedule(small, steps, progressive)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.py")
-                                        if p.stem not in NOT_RUN_CONFIGS) + ["heldout.py:nerf"])
+                                        if p.stem not in NOT_RUN_CONFIGS) + ["demo.py:nerf"])
 def test_every_run_config_passes_validation(name):
   """Each shipped run config loads as `--config=configs/<name>.py` and passes every rule (the
   reference config with the oracle in place of the image and weights it asks for)."""

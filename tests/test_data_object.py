@@ -4,13 +4,13 @@ one) is the run's reference image and scores the run."""
 import numpy as np
 import pytest
 
-from configs import demo
+from configs import oracle
 from dc3d_jax import errors, pipeline, reference
 from dc3d_jax.testbed import dataset
 
 
 def _config(**data):
-  cfg = demo.get_config()
+  cfg = oracle.get_config()
   cfg.unlock()
   cfg.guidance.update(prior_2d="none", prior_3d="none")
   cfg.data.update(image_size=64, **data)
