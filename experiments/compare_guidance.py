@@ -35,6 +35,8 @@ from dc3d_jax.stages import runner
 ARMS = ("guided", "unguided")
 HEADLINE = ("novel_psnr", "novel_mask_iou", "chamfer", "fscore@0.02", "fscore@0.05",
             "volume_iou", "ref_psnr", "wall_time_s")
+# Kept per run beside the headline, not averaged: whether evaluation renders ran out of budget.
+DIAGNOSTICS = ("eval_kept_frac_min", "eval_truncated_renders")
 
 
 def arm_overrides(cfg, arm: str) -> dict:
@@ -74,15 +76,18 @@ def last_sample_views(workdir: Path, stage: str) -> list:
 
 
 def sample_grid(rows: list, stage: str) -> np.ndarray:
-  """One line per (object, seed): reference | unguided views | guided views."""
+  """One line per (object, seed): reference (resized to a sample's size) | unguided views |
+  guided views."""
   workdirs = {(r["object"], r["seed"], r["arm"]): Path(r["workdir"]) for r in rows}
   cells = []
   for obj, seed in dict.fromkeys((r["object"], r["seed"]) for r in rows):
     runs = [workdirs.get((obj, seed, arm)) for arm in ("unguided", "guided")]
+    views = [last_sample_views(w or Path("/nonexistent"), stage) for w in runs]
+    size = views[0][0].shape[:2]
     ref = next(w for w in runs if w) / "reference" / "rgba.png"
-    cells.append(_read(ref, "RGBA") if ref.is_file() else np.ones((8, 8, 3), np.float32))
-    for workdir in runs:
-      cells += last_sample_views(workdir or Path("/nonexistent"), stage)
+    cells.append(np.asarray(Image.open(ref).convert("RGBA").resize(size[::-1], Image.LANCZOS),
+                            np.float32) / 255.0 if ref.is_file() else np.ones(size + (3,)))
+    cells += [cell for arm in views for cell in arm]
   return writers.image_grid(cells, 1 + 2 * len(runner.SAMPLE_AZIMUTHS_DEG))
 
 
@@ -133,7 +138,8 @@ def main(argv=None) -> dict:
         cfg = run_config(args, obj, seed, arm)
         results = pipeline.run(cfg, progress=False)
         rows.append({"object": obj, "seed": seed, "arm": arm, "workdir": cfg.workdir,
-                     "metrics": {k: results[k] for k in HEADLINE if k in results}})
+                     "metrics": {k: results[k] for k in HEADLINE + DIAGNOSTICS
+                                 if k in results}})
   summary = summarize(rows)
   record = {"config": args.config, "overrides": args.set, "runs": rows, "summary": summary}
   writers.save_json(Path(args.out), record)
