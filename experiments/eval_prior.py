@@ -96,8 +96,7 @@ def main(argv):
     writers.save_png(Path(_OUT.value).with_suffix(".png"), evaluation.sample_grid(heldout,
                                                                                  samples[0]))
   if _EXPORT.value:
-    card["heldout"] = {k: result[k] for k in ("prior", "prior_mean", "reference", "mirrored",
-                                              "gt_mask_agreement", "protocol")}
+    card["heldout"] = {k: result[k] for k in evaluation.CARD_KEYS}
     card["eval_command"] = result["command"]
     testbed.save_model(_EXPORT.value, arch, jax.device_get(params), card)
     writers.save_json(Path(_EXPORT.value).with_suffix(".json"), card)

@@ -45,8 +45,7 @@ def _eval_hook(cfg, settings, heldout, root_key, run_dir: Path):
         ddim_steps=cfg.eval.ddim_steps, guidance_scale=cfg.eval.guidance_scale,
         views=cfg.eval.views)
     writers.append_jsonl(run_dir / "heldout.jsonl", {
-        "step": step, **{f"{k}/{m}": result[k][m]
-                         for k in ("prior", "prior_mean", "reference", "mirrored")
+        "step": step, **{f"{k}/{m}": result[k][m] for k in evaluation.ROWS
                          for m in ("psnr", "mask_iou")}})
     return evaluation.sample_grid(heldout, samples[0], cfg.eval.views)
   return hook
@@ -71,7 +70,7 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   from dc3d_jax.io import writers
   from dc3d_jax.priors import testbed
   from dc3d_jax.stages import loop
-  from dc3d_jax.testbed import training
+  from dc3d_jax.testbed import evaluation, training
 
   run_dir = Path(cfg.run_dir)
   writers.save_json(run_dir / "config.json", cfg.to_dict())
@@ -96,8 +95,7 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   card = {"command": command, "steps": int(state.step), "config": cfg.to_dict(),
           "train_objects": [str(n) for n in train_data["names"]],
           "train_pairs": int(np.prod(train_data["elevation"].shape)),
-          "heldout": {k: figures[k] for k in ("prior", "prior_mean", "reference", "mirrored",
-                                              "gt_mask_agreement", "protocol")}}
+          "heldout": {k: figures[k] for k in evaluation.CARD_KEYS}}
   testbed.save_model(run_dir / WEIGHTS_NAME, settings.arch, ema, card)
   writers.save_json(run_dir / "testbed_prior.json", card)
   return card

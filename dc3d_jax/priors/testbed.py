@@ -123,6 +123,14 @@ def to_model_input(images: jax.Array, resolution: int) -> jax.Array:
   return 2.0 * x - 1.0
 
 
+def view_condition(ref: jax.Array, cameras: Camera, ref_elevation_deg: float,
+                   ref_azimuth_deg: float) -> dict:
+  """ref [1, R, R, 3], [B] cameras -> {"ref": [B, R, R, 3], "pose": [B, 4]}: each camera's
+  Stable-Zero123 T relative to the reference view (distance 3.8, the reference camera's)."""
+  pose = zero123.relative_camera(cameras, ref_elevation_deg, ref_azimuth_deg, 3.8, "stable")
+  return conditioning(jnp.broadcast_to(ref, (pose.shape[0],) + ref.shape[1:]), pose)
+
+
 @dataclasses.dataclass(frozen=True)
 class TestbedModel:
   """Loaded weights: arch (static), params (UNet pytree), card (the metadata's JSON card)."""
@@ -146,11 +154,7 @@ class TestbedPrior:
     return to_model_input(images, self.arch.resolution)
 
   def condition(self, params, cameras: Camera) -> dict:
-    """[B] cameras -> {"ref": [B, R, R, 3], "pose": [B, 4] relative to the reference view}."""
-    pose = zero123.relative_camera(cameras, self.ref_elevation_deg, self.ref_azimuth_deg,
-                                   3.8, "stable")
-    ref = params["ref"]
-    return conditioning(jnp.broadcast_to(ref, (pose.shape[0],) + ref.shape[1:]), pose)
+    return view_condition(params["ref"], cameras, self.ref_elevation_deg, self.ref_azimuth_deg)
 
   def predict_noise(self, params, x_t, t, cond) -> jax.Array:
     return guided_noise(params["unet"], x_t, t, cond, self.guidance_scale, self.arch)

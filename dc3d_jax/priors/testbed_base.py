@@ -24,7 +24,7 @@ prompts (§4). This base is the in-project testbed model instead (texture.prior.
 Per-view conditions (`view_conditions`, BSD's c_vd, u, c_vi; texture_steps.bsd_conditions):
   c_vd  {"ref": the reference at R² in [-1, 1], "pose": zero123.relative_camera of the view
         w.r.t. (data.ref_elevation_deg, data.ref_azimuth_deg), Stable-Zero123's variant},
-        as the 3D slot's TestbedPrior.condition computes it.
+        testbed.view_condition, as the 3D slot's TestbedPrior.condition.
   u     testbed.null_conditioning (c_ref = 0 and T = 0), the branch its training dropped to.
   c_vi  also the null condition. The reference's c_vi is the plain prompt, c_vd without its
         view suffix; the analogue "reference image without a pose" (c_ref, T = 0) never
@@ -43,7 +43,6 @@ Per-view conditions (`view_conditions`, BSD's c_vd, u, c_vi; texture_steps.bsd_c
 import dataclasses
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,18 +80,11 @@ class TestbedBase:
   def decode(self, codec_params, x):
     return jnp.clip(0.5 * x.astype(jnp.float32) + 0.5, 0.0, 1.0)
 
-  def pose(self, cameras: Camera) -> jax.Array:
-    """[B] cameras -> [B, 4] Stable-Zero123 T relative to the reference view."""
-    return zero123.relative_camera(cameras, self.ref_elevation_deg, self.ref_azimuth_deg,
-                                   3.8, "stable")
-
   def view_conditions(self, cond_params, cameras: Camera) -> tuple:
     """[B] cameras -> (c_vd, u, c_vi), each {"ref": [B, R, R, 3], "pose": [B, 4]} (module
     docstring: c_vi = u = the null condition)."""
-    pose = self.pose(cameras)
-    ref = cond_params["ref"]
-    c_vd = testbed.conditioning(jnp.broadcast_to(ref, (pose.shape[0],) + ref.shape[1:]),
-                                pose)
+    c_vd = testbed.view_condition(cond_params["ref"], cameras, self.ref_elevation_deg,
+                                  self.ref_azimuth_deg)
     u = testbed.null_conditioning(c_vd)
     return c_vd, u, u
 

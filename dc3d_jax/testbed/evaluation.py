@@ -30,6 +30,10 @@ from dc3d_jax.priors import ddim, testbed
 from dc3d_jax.testbed import albedo
 
 
+ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
+CARD_KEYS = ROWS + ("gt_mask_agreement", "protocol")      # what a weights card keeps
+
+
 @functools.partial(jax.jit, static_argnames=("arch", "ddim_steps", "guidance_scale"))
 def _sample(params, ref, pose, noise, *, arch, ddim_steps, guidance_scale):
   cond = testbed.conditioning(ref, pose)
