@@ -234,7 +234,14 @@ def _config_json(cfg) -> dict:
 
 
 def _config_sha(cfg) -> str:
-  return hashlib.sha256(json.dumps(_config_json(cfg), sort_keys=True).encode()).hexdigest()
+  """The hash a finished run's metrics.json keeps: the config without the sections of stages
+  after the last one run (nothing reads them; earlier stages' sections stay, since loading a
+  predecessor's state reads its settings)."""
+  conf = _config_json(cfg)
+  names = list(STAGES)
+  for later in names[names.index(cfg.stages[-1]) + 1:]:
+    conf.pop(later, None)
+  return hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()
 
 
 def write_config(cfg, path: Path) -> None:

@@ -453,6 +453,19 @@ def test_a_complete_run_is_reported_and_not_redone(history, capsys):
   assert _snapshot(history.workdir) == before
 
 
+@pytest.mark.parametrize("flag, complete", [
+    ("--config.texture.train.steps=7", True),        # a stage after the last one run
+    ("--config.coarse_nerf.train.log_every=3", False),   # the stage that ran
+    ("--config.eval.orbit_views=7", False)])             # a run-wide section
+def test_completeness_ignores_only_the_sections_of_stages_not_run(history, flag, complete,
+                                                                  capsys):
+  before = _snapshot(history.workdir)
+  code, out, err = main([*history.final_argv, flag, "--check"], capsys)
+  assert code == 0, err
+  assert json.loads(out[out.index("{"):])["complete"] is complete, out
+  assert _snapshot(history.workdir) == before
+
+
 @pytest.mark.parametrize("name", sorted(RESUME_FLAGS))
 def test_resume_refuses_other_inputs(name, history, files, tmp_path, capsys):
   args, culprit = RESUME_FLAGS[name]
