@@ -59,6 +59,13 @@ def render(vertices: jax.Array, faces: jax.Array, normals: jax.Array, cameras: C
   Returns rgb [B, H, W, 3], opacity [B, H, W, 1], comp_normal [B, H, W, 3], depth
   [B, H, W, 1] (module docstring) and raster_overflow [B] int32.
   """
+  return render_with_raster(vertices, faces, normals, cameras, color_fn, settings)[0]
+
+
+def render_with_raster(vertices: jax.Array, faces: jax.Array, normals: jax.Array,
+                       cameras: Camera, color_fn, settings: MeshRenderSettings) -> tuple:
+  """render's images and the rasterizer's output they came from (its tri_id says which face
+  owns each pixel)."""
   h, w = cameras.height, cameras.width
   clip = clip_coordinates(vertices, cameras)
   raster = raster_lib.rasterize(clip, faces, h, w, backend=settings.backend,
@@ -74,5 +81,6 @@ def render(vertices: jax.Array, faces: jax.Array, normals: jax.Array, cameras: C
   shaded = jnp.concatenate([hit * albedo + (1.0 - hit) * settings.background, hit,
                             hit * 0.5 * (normal + 1.0), hit * distance], -1)
   out = raster_lib.antialias(shaded, raster, clip, faces)
-  return {"rgb": out[..., 0:3], "opacity": out[..., 3:4], "comp_normal": out[..., 4:7],
-          "depth": out[..., 7:8], "raster_overflow": raster.overflow}
+  images = {"rgb": out[..., 0:3], "opacity": out[..., 3:4], "comp_normal": out[..., 4:7],
+            "depth": out[..., 7:8], "raster_overflow": raster.overflow}
+  return images, raster
