@@ -30,7 +30,7 @@ from dc3d_jax import config_check, errors, reference, results, workdir
 from dc3d_jax.core import config_rules, devices, rng
 from dc3d_jax.geometry import isosurface
 from dc3d_jax.guidance import registry
-from dc3d_jax.io import writers
+from dc3d_jax.io import digest, writers
 from dc3d_jax.priors import resolve, state_dicts, testbed
 from dc3d_jax.stages import coarse_nerf, coarse_nerf_rules, coarse_nerf_run, coarse_neus
 from dc3d_jax.stages import coarse_neus_rules, coarse_neus_run, loop, runner
@@ -193,15 +193,19 @@ def preflight(cfg) -> Inputs:
   models = _models(cfg)
   _check_models(models)
   _check_models(_texture_models(cfg))
+  priors = {}
   if "testbed" in (cfg.guidance.prior_3d, _texture_bsd_base(cfg)):   # small: read it whole
-    testbed.load_model(testbed.resolve(cfg.guidance.testbed_model))
+    weights = testbed.resolve(cfg.guidance.testbed_model)
+    testbed.load_model(weights)
+    priors["testbed_sha256"] = digest.file_sha256(weights)   # retrained weights: not a resume
   gt = reference.ground_truth(cfg)
   ref = reference.load(cfg, gt)
   if ref is not None:
     _check_reference(cfg, ref)
   _check_predecessor(cfg, path)
   shape = config_check.shape_config(cfg, config_sections())
-  prov = {"reference": reference.identity(cfg, gt), "prompt": cfg.prompt, "shape": shape}
+  prov = {"reference": reference.identity(cfg, gt), "prompt": cfg.prompt, "shape": shape,
+          "priors": priors}
   return Inputs(path, ref, gt, models, prov)
 
 

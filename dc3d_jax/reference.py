@@ -20,7 +20,7 @@ from PIL import Image
 
 from dc3d_jax import cameras
 from dc3d_jax.geometry import rasterize
-from dc3d_jax.io import background, images, recenter, writers
+from dc3d_jax.io import background, digest, images, recenter, writers
 from dc3d_jax.priors import oracle, text_to_image
 
 
@@ -160,19 +160,11 @@ def identity(cfg, ground_truth) -> dict:
   """What the reference is made from, for the work dir's provenance: the sha256 of the image
   (and depth) file, the oracle's object, or stage 0's settings."""
   if cfg.data.image:
-    return {"image_sha256": _sha256(cfg.data.image),
-            "depth_sha256": _sha256(cfg.data.depth) if cfg.data.depth else ""}
+    return {"image_sha256": digest.file_sha256(cfg.data.image),
+            "depth_sha256": digest.file_sha256(cfg.data.depth) if cfg.data.depth else ""}
   if ground_truth is not None:
     return {"oracle_object": object_name(cfg)}
   return {"stage0": _stage0_settings(cfg)}
-
-
-def _sha256(path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def save(reference: dict, workdir: Path) -> None:

@@ -201,15 +201,17 @@ def _changed(name: str, old: dict, new: dict, keys) -> list:
 
 def provenance_differences(old: dict | None, new: dict) -> list:
   """What differs between a work dir's record and this run's, as readable lines. A shape key
-  the old record lacks (a stage added since) is not a difference."""
+  or prior the old record lacks (a stage or slot added since) is not a difference."""
   if old is None:
     return []
   new = json.loads(json.dumps(writers.to_python(new)))   # tuples -> lists, as stored
   old_ref, new_ref = old.get("reference", {}), new.get("reference", {})
   old_shape, new_shape = old.get("shape", {}), new.get("shape", {})
+  old_priors, new_priors = old.get("priors", {}), new.get("priors", {})
   return (_changed("reference.", old_ref, new_ref, set(old_ref) | set(new_ref))
           + _changed("", old, new, ["prompt"])
-          + _changed("shape key ", old_shape, new_shape, set(old_shape) & set(new_shape)))
+          + _changed("shape key ", old_shape, new_shape, set(old_shape) & set(new_shape))
+          + _changed("prior ", old_priors, new_priors, set(old_priors) & set(new_priors)))
 
 
 def refuse_if_different(workdir: Path, new: dict) -> None:
@@ -224,7 +226,8 @@ def refuse_if_different(workdir: Path, new: dict) -> None:
 
 def write_provenance(workdir: Path, record: dict) -> None:
   old = read_provenance(workdir) or {}
-  merged = {**old, **record, "shape": {**old.get("shape", {}), **record.get("shape", {})}}
+  merged = {**old, **record, **{k: {**old.get(k, {}), **record.get(k, {})}
+                                for k in ("shape", "priors")}}
   writers.save_json(Path(workdir) / PROVENANCE, merged)
 
 

@@ -211,3 +211,25 @@ def test_evaluation_scores_samples_and_the_unguided_posterior_mean(monkeypatch):
   assert result["prior"]["psnr"] == pytest.approx(flat(0.9), abs=1e-3)
   assert result["prior_mean"]["psnr"] == pytest.approx(flat(0.6), abs=1e-3)
   assert result["prior_mean"]["n"] == len(target)
+
+
+def test_a_work_dir_made_with_other_testbed_weights_is_not_resumed(tmp_path):
+  """Retrained weights at the same path would otherwise resume a run half made with the old
+  ones: the provenance keeps the weights' sha256 and --check refuses the other file."""
+  from conftest import tiny_config
+  from dc3d_jax import pipeline, workdir
+  from dc3d_jax.errors import ResumeError
+  for name, seed in (("a", 0), ("b", 1)):
+    testbed.save_model(tmp_path / f"{name}.safetensors", TINY,
+                       testbed.init_params(TINY, jax.random.key(seed)), {})
+  cfg = tiny_config(tmp_path / "run")
+  with cfg.unlocked():
+    cfg.guidance.update(prior_3d="testbed", testbed_model=str(tmp_path / "a.safetensors"))
+  inputs = pipeline.preflight(cfg)
+  inputs.workdir.mkdir(parents=True)
+  workdir.write_provenance(inputs.workdir, inputs.provenance)
+  assert pipeline.check(cfg)["complete"] is False          # the same weights: resumable
+  with cfg.unlocked():
+    cfg.guidance.testbed_model = str(tmp_path / "b.safetensors")
+  with pytest.raises(ResumeError, match="prior testbed_sha256"):
+    pipeline.check(cfg)
