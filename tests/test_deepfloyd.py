@@ -1,9 +1,11 @@
-"""DeepFloyd IF stage I in JAX (priors/deepfloyd_unet.py, loading.load_deepfloyd_unet).
+"""DeepFloyd IF stage I in JAX (priors/deepfloyd_unet.py, t5_encoder.py, deepfloyd.py).
 
-A tiny random IF UNet (experiments/tiny_models.TINY_IF_UNET: IF-I's block types and options
-at tiny widths) is built with diffusers' PyTorch UNet2DConditionModel and saved with
-save_pretrained; the port loads the saved folder and must give the PyTorch model's output
-(ε and variance channels) on the same inputs to 1e-4. Loading errors name the file.
+A tiny random IF folder (experiments/tiny_models.write_tiny_deepfloyd: TINY_IF_UNET, IF-I's
+block types and options at tiny widths, built with diffusers' PyTorch UNet2DConditionModel; a
+T5 v1.1 encoder from transformers saved in shards with an index; a SentencePiece tokenizer
+trained here; IF's scheduler config) is loaded by the port, which must give the PyTorch
+models' outputs on the same inputs to 1e-4: the UNet's 6 channels, the T5 states of padded
+77-token prompts. Loading errors name the file; prompts are encoded once and cached.
 """
 
 import json
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 
 from dc3d_jax.errors import ModelError
-from dc3d_jax.priors import loading, state_dicts
+from dc3d_jax.priors import deepfloyd, loading, state_dicts, t5_encoder
+from dc3d_jax.priors.text_cache import TextEmbeddingCache
 from dc3d_jax.priors.resolve import ModelNotFoundError
 from experiments import tiny_models
 
@@ -38,8 +41,19 @@ def max_error(ours, ref) -> float:
 
 
 @pytest.fixture(scope="module")
-def unet_dir(tmp_path_factory):
-  return tiny_models.write_tiny_if_unet(tmp_path_factory.mktemp("if") / "unet")
+def if_dir(tmp_path_factory):
+  return tiny_models.write_tiny_deepfloyd(tmp_path_factory.mktemp("if") / "IF-I-tiny",
+                                          text_shard_size="20KB")
+
+
+@pytest.fixture(scope="module")
+def unet_dir(if_dir):
+  return if_dir / "unet"
+
+
+@pytest.fixture(scope="module")
+def models(if_dir):
+  return loading.load_deepfloyd(str(if_dir))
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +130,61 @@ def test_if_unet_loading_errors_name_the_file(unet_dir, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ModelNotFoundError, match="diffusion_pytorch_model.safetensors"):
     loading.load_deepfloyd_unet(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------- T5 text encoder
+
+PROMPTS = ["a photo of a red toy, front view", ""]
+
+
+def test_t5_states_match_transformers(if_dir, models):
+  """The T5 states IF's UNet gets: padded to 77 with the attention mask (the reference's
+  prompt processor), against transformers' PyTorch T5EncoderModel on the sharded weights."""
+  import torch
+  from transformers import T5EncoderModel, T5Tokenizer
+  assert models.text_encoder["weights_path"].name == "model.safetensors.index.json"
+  ours = deepfloyd.encode_prompts(models, PROMPTS)
+  tokenizer = T5Tokenizer.from_pretrained(str(if_dir / "tokenizer"))
+  tokens = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt")
+  assert tokens.attention_mask[1].sum() == 1          # "": only </s>, 76 padding tokens
+  encoder = T5EncoderModel.from_pretrained(str(if_dir / "text_encoder")).eval()
+  with torch.no_grad():
+    ref = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].numpy()
+  assert ours.shape == (2, 77, T5_WIDTH)
+  assert max_error(ours, ref) < TOL
+  with torch.no_grad():                               # the mask matters at padded positions
+    unmasked = encoder(tokens.input_ids)[0].numpy()
+  assert np.abs(unmasked - ref).max() > 1e-3
+
+
+def test_t5_embeddings_are_encoded_once_and_cached_on_disk(models, tmp_path, monkeypatch):
+  cache = TextEmbeddingCache()
+  first = deepfloyd.text_embeddings(models, ["a cat", "a cat, side view"], cache_dir=tmp_path,
+                                    cache=cache)
+  assert cache.encoded == 2 and first.shape == (2, 77, T5_WIDTH)
+  assert len(list(tmp_path.glob("*.npy"))) == 2
+
+  def no_encoder(*args, **kwargs):
+    raise AssertionError("the T5 encoder was loaded although every prompt is cached")
+
+  monkeypatch.setattr(t5_encoder, "load_t5", no_encoder)
+  fresh = TextEmbeddingCache()
+  again = deepfloyd.text_embeddings(models, ["a cat, side view", "a cat"], cache_dir=tmp_path,
+                                    cache=fresh)
+  assert fresh.encoded == 0
+  np.testing.assert_array_equal(again, first[::-1])
+
+
+def test_text_encoder_errors_name_the_file(if_dir, tmp_path):
+  broken = tmp_path / "IF"
+  shutil.copytree(if_dir, broken)
+  shard = sorted((broken / "text_encoder").glob("model-*.safetensors"))[-1]
+  shard.unlink()
+  with pytest.raises(ModelError, match=f"model.safetensors.index.json.*{shard.name}"):
+    state_dicts.check_weights_file(broken / "text_encoder" / "model.safetensors.index.json")
+  config = json.loads((if_dir / "text_encoder" / "config.json").read_text())
+  (broken / "text_encoder" / "config.json").write_text(json.dumps(dict(config, d_kv=4)))
+  index = if_dir / "text_encoder" / "model.safetensors.index.json"
+  with pytest.raises(ModelError, match=f"{index}: .*SelfAttention.k.kernel.*shapes"):
+    t5_encoder.load_t5(broken / "text_encoder" / "config.json", index, if_dir / "tokenizer")
