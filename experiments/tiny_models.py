@@ -64,12 +64,10 @@ TINY_CLIP_VISION = dict(
 # resnets with their own up/down-sampling, GELU, 6 output channels. Unlike IF-I-XL, the groups
 # (16) differ from the cross-attention norm's fixed 32, so a mix-up would show.
 TINY_IF_UNET = dict(
-    sample_size=16, in_channels=3, out_channels=6, block_out_channels=(32, 64, 96),
+    sample_size=16, in_channels=3, out_channels=6, block_out_channels=(32, 64),
     layers_per_block=2,
-    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D",
-                      "SimpleCrossAttnDownBlock2D"),
-    up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
-                    "ResnetUpsampleBlock2D"),
+    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
     mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=16,
     cross_attention_dim=32, encoder_hid_dim=24, encoder_hid_dim_type="text_proj",
     addition_embed_type="text", addition_embed_type_num_heads=2,
@@ -177,14 +175,10 @@ def tiny_if_unet(seed: int):
   return _randomize(UNet2DConditionModel(**TINY_IF_UNET), seed + 5, scale=0.05)
 
 
-def write_tiny_if_unet(folder, *, safetensors: bool = True, variant: str | None = None,
-                       seed: int = 0) -> Path:
+def write_tiny_if_unet(folder, *, safetensors: bool = True, seed: int = 0) -> Path:
   """The tiny IF UNet saved by diffusers' save_pretrained (config.json and
-  diffusion_pytorch_model[.<variant>].safetensors|.bin; variant "fp16" stores half floats)."""
-  unet = tiny_if_unet(seed)
-  if variant == "fp16":
-    unet = unet.half()
-  unet.save_pretrained(folder, safe_serialization=safetensors, variant=variant)
+  diffusion_pytorch_model.safetensors|.bin)."""
+  tiny_if_unet(seed).save_pretrained(folder, safe_serialization=safetensors)
   return Path(folder)
 
 

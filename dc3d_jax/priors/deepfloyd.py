@@ -64,13 +64,14 @@ class DeepFloydPrior:
   front_threshold: float = 45.0
   back_threshold: float = 45.0
   overhead_threshold: float = 60.0
-  resolution: int = RESOLUTION
+  resolution: int = RESOLUTION      # IF-I's 64; smaller only to shrink smoke tests
 
   def alphas_cumprod(self) -> np.ndarray:
     return noise_schedule.of_config(self.schedule)
 
   def encode(self, params, images: jax.Array, key: jax.Array) -> jax.Array:
-    """[B, H, W, 3] renders in [0, 1] -> [B, 64, 64, 3] x in [-1, 1] (`key` unused: no VAE).
+    """[B, H, W, 3] renders in [0, 1] -> [B, R, R, 3] x in [-1, 1], R = resolution (64; `key`
+    unused: no VAE).
     Bilinear without antialiasing, as the reference's F.interpolate(align_corners=False)."""
     del key
     b, _, _, c = images.shape
@@ -103,13 +104,14 @@ class DeepFloydPrior:
 def make_deepfloyd_prior(models: DeepFloydModels, prompt: str, *, guidance_scale: float,
                          perp_neg: bool, negative_prompt: str = "",
                          front_threshold: float = 45.0, back_threshold: float = 45.0,
-                         overhead_threshold: float = 60.0, cache_dir=None, cache=None):
+                         overhead_threshold: float = 60.0, resolution: int = RESOLUTION,
+                         cache_dir=None, cache=None):
   """Loaded IF + a prompt -> (DeepFloydPrior, params). The five T5 embeddings are encoded
   once (or read from the caches) and stored in the UNet's dtype."""
   prior = DeepFloydPrior(unet=models.unet, schedule=models.schedule,
                          guidance_scale=guidance_scale, perp_neg=perp_neg,
                          front_threshold=front_threshold, back_threshold=back_threshold,
-                         overhead_threshold=overhead_threshold)
+                         overhead_threshold=overhead_threshold, resolution=resolution)
   table = direction_table(models, prompt, negative_prompt, cache_dir=cache_dir, cache=cache)
   params = {"unet": models.params["unet"], "embeddings": jnp.asarray(table, models.unet.dtype)}
   return prior, params
