@@ -61,9 +61,10 @@ def guidance_config() -> ml_collections.ConfigDict:
   # Hybrid score distillation (reference §3): a 2D text-to-image prior and the view-conditioned
   # Zero123, weighted by <stage>.loss.sds_2d / sds_3d. "none" empties a slot, so 2D-only,
   # 3D-only and hybrid runs are config choices; "oracle" knows the built-in test object.
-  # DEVIATION: the reference's 2D prior is DeepFloyd IF-I-XL (pixel space, 64², CFG 20).
-  # Until IF is ported to JAX, Stable Diffusion 2.1-base stands in (latents of 512² renders).
-  c.prior_2d = "sd"           # "sd" | "oracle" | "none"
+  # DEVIATION: the reference's 2D prior is DeepFloyd IF-I-XL (pixel space, 64², CFG 20),
+  # ported as "deepfloyd" (guidance.if_model); Stable Diffusion 2.1-base ("sd", latents of 512²
+  # renders) stands in by default.
+  c.prior_2d = "sd"           # "sd" | "deepfloyd" | "oracle" | "none"
   c.prior_3d = "zero123"      # "zero123" | "testbed" | "oracle" | "none"
   # DEVIATION: the reference runs Stable-Zero123 in fp32 (and IF in fp16); "auto" runs both
   # priors in bf16 on a GPU (docs/ARCHITECTURE.md). "fp32": the reference's Zero123 numerics.
@@ -75,8 +76,13 @@ def guidance_config() -> ml_collections.ConfigDict:
   # ᾱ_SD equals ᾱ_IF of the drawn IF step (t = 500 -> t' = 359; docs/ARCHITECTURE.md has the
   # table); "if_fractions" at the same step, where SD's input is far noisier (§10).
   c.sd_t_schedule = "snr_matched_if"
-  c.sd_perp_neg = True        # on in every IF stage of the reference
+  c.sd_perp_neg = True        # on in every IF stage of the reference (sd and deepfloyd)
   c.sd_render_size = 512      # renders are resized to this before the VAE
+  # DeepFloyd IF stage I (prior_2d = "deepfloyd"): the reference's 2D prior, queried at the
+  # stages' own t ranges (sd_t_schedule does not apply); T5-XXL embeddings cached per prompt.
+  c.if_model = "DeepFloyd/IF-I-XL-v1.0"   # diffusers folder or cached model id
+  c.if_guidance_scale = 20.0
+  c.if_render_size = 64       # bilinear resize of renders (no antialias), IF-I's size
   c.negative_prompt = ""
   c.front_threshold_deg = 45.0    # view-dependent prompt suffixes (the IF stages' thresholds)
   c.back_threshold_deg = 45.0

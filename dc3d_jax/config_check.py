@@ -67,12 +67,18 @@ GUIDANCE = Section("guidance", {
     "prior_3d": Choice("3D prior of the sds_3d slot", options=registry.KINDS["prior_3d"]),
     "precision": Choice("priors' compute precision", options=precision.CHOICES),
     "sd_model": Text("Stable Diffusion: diffusers folder or model id in the local HF cache"),
-    "sd_guidance_scale": Float("classifier-free guidance scale of the 2D prior", 0.0),
-    "sd_perp_neg": Bool("perp-neg view prompts for the 2D prior"),
+    "sd_guidance_scale": Float("classifier-free guidance scale of Stable Diffusion", 0.0),
+    "sd_perp_neg": Bool("perp-neg view prompts for the 2D prior (sd or deepfloyd)"),
     "sd_t_schedule": Choice("SD's timesteps: snr_matched_if (IF's t ranges at equal SNR) or "
                             "if_fractions (IF's steps as they are)",
                             options=registry.SD_T_SCHEDULES),
     "sd_render_size": Int("renders are resized to this before SD's VAE", 8, multiple_of=8),
+    "if_model": Text("DeepFloyd IF stage I (guidance.prior_2d=deepfloyd): diffusers folder or "
+                     "model id in the local HF cache"),
+    "if_guidance_scale": Float("classifier-free guidance scale of DeepFloyd IF (reference 20)",
+                               0.0),
+    "if_render_size": Int("renders are resized to this for DeepFloyd IF (reference 64; smaller "
+                          "only to shrink smoke tests)", 8, multiple_of=8),
     "negative_prompt": Text("negative prompt of the 2D prior and stage 0"),
     "front_threshold_deg": Float("|azimuth| below which a view is 'front'", 0.0, 180.0),
     "back_threshold_deg": Float("|azimuth| above 180 minus this is 'back'", 0.0, 180.0),
@@ -152,8 +158,11 @@ def _inputs(cfg):
                          "for stage 0 (--config.prompt=...), or use the oracle prior")
   if cfg.data.depth and not cfg.data.image:
     yield "data.depth", "a depth map belongs to a reference image: set data.image too"
-  if g.prior_2d == "sd" and not cfg.prompt:
-    yield "prompt", "empty, but the 2D prior guidance.prior_2d='sd' needs a text prompt"
+  if g.prior_2d in ("sd", "deepfloyd") and not cfg.prompt:
+    yield "prompt", (f"empty, but the 2D prior guidance.prior_2d='{g.prior_2d}' needs a text "
+                     "prompt")
+  if g.prior_2d == "deepfloyd" and not g.if_model:
+    yield "guidance.if_model", "empty: give a DeepFloyd IF stage-I folder or cached model id"
   if (g.prior_2d == "sd" or (stage0 and cfg.prompt)) and not g.sd_model:
     yield "guidance.sd_model", "empty: give a Stable Diffusion folder or cached model id"
   if g.prior_3d == "zero123" and not g.zero123_model:

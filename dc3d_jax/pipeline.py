@@ -126,6 +126,8 @@ def _models(cfg) -> dict:
   out = {}
   if g.prior_2d == "sd" or stage0:
     out["stable_diffusion"] = g.sd_model
+  if g.prior_2d == "deepfloyd":
+    out["deepfloyd"] = g.if_model
   if g.prior_3d == "zero123":
     out["zero123"] = g.zero123_model
     if g.zero123_image_encoder:
@@ -277,6 +279,8 @@ def _load_models(store: registry.PriorStore, models: dict) -> None:
     store.stable_diffusion()
   if "zero123" in models:
     store.zero123()
+  if "deepfloyd" in models:
+    store.deepfloyd()
 
 
 def _disk_error(err: BaseException, path: Path) -> errors.WorkdirError | None:

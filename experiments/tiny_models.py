@@ -59,6 +59,25 @@ TINY_CLIP_VISION = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
     image_size=32, patch_size=8, projection_dim=32, hidden_act="quick_gelu",
 )
+# DeepFloyd IF stage I's UNet options (unet/config.json of IF-I-XL-v1.0) at tiny widths:
+# the same block types, added-KV attention, text_proj, text-time embedding, scale-shift
+# resnets with their own up/down-sampling, GELU, 6 output channels. Unlike IF-I-XL, the groups
+# (16) differ from the cross-attention norm's fixed 32, so a mix-up would show.
+TINY_IF_UNET = dict(
+    sample_size=16, in_channels=3, out_channels=6, block_out_channels=(32, 64),
+    layers_per_block=2,
+    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=16,
+    cross_attention_dim=32, encoder_hid_dim=24, encoder_hid_dim_type="text_proj",
+    addition_embed_type="text", addition_embed_type_num_heads=2,
+    cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+    norm_num_groups=16, upcast_attention=False, use_linear_projection=False,
+)
+# IF's scheduler (scheduler/scheduler_config.json of IF-I-XL-v1.0).
+IF_SCHEDULE = dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000,
+                   prediction_type="epsilon", variance_type="learned_range", thresholding=True,
+                   dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
 SCALED_LINEAR = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                      num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False)
 
@@ -146,6 +165,82 @@ def tiny_cc_projection(seed: int):
   torch.manual_seed(seed)
   dim = TINY_CLIP_VISION["projection_dim"]
   return _randomize(torch.nn.Linear(dim + 4, TINY_UNET["cross_attention_dim"]), seed + 4)
+
+
+def tiny_if_unet(seed: int):
+  """IF stage I's UNet2DConditionModel (TINY_IF_UNET), every weight perturbed."""
+  import torch
+  from diffusers import UNet2DConditionModel
+  torch.manual_seed(seed)
+  return _randomize(UNet2DConditionModel(**TINY_IF_UNET), seed + 5, scale=0.05)
+
+
+def write_tiny_if_unet(folder, *, safetensors: bool = True, seed: int = 0) -> Path:
+  """The tiny IF UNet saved by diffusers' save_pretrained (config.json and
+  diffusion_pytorch_model.safetensors|.bin)."""
+  tiny_if_unet(seed).save_pretrained(folder, safe_serialization=safetensors)
+  return Path(folder)
+
+
+# IF's text encoder is T5 v1.1 (gated GELU, relative position buckets) at d_model 4096; the
+# tiny one's width is the tiny IF UNet's encoder_hid_dim. 8 buckets up to distance 20, so
+# 77 tokens reach the log-spaced and the clipped buckets.
+TINY_T5 = dict(d_model=TINY_IF_UNET["encoder_hid_dim"], d_kv=8, d_ff=48, num_layers=2,
+               num_heads=3, relative_attention_num_buckets=8,
+               relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
+               dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
+
+
+def tiny_t5_tokenizer(folder):
+  """A T5Tokenizer over a SentencePiece unigram model trained here on TINY_WORDS (T5's ids:
+  pad 0, eos 1, unk 2; no extra ids), saved to `folder` as IF ships it (spiece.model)."""
+  import io
+  import sentencepiece
+  from transformers import T5Tokenizer
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  words = [w for w in TINY_WORDS if w not in (",", ".")]
+  sentences = [" ".join(words[i:] + words[:i]) + ", view." for i in range(len(words))]
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=96,
+      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+      hard_vocab_limit=False, character_coverage=1.0, minloglevel=2)
+  (folder / "spiece.model").write_bytes(model.getvalue())
+  tokenizer = T5Tokenizer(str(folder / "spiece.model"), extra_ids=0, model_max_length=77,
+                          legacy=True)
+  tokenizer.save_pretrained(str(folder))
+  return tokenizer
+
+
+def tiny_t5_encoder(vocab_size: int, seed: int):
+  import torch
+  from transformers import T5Config, T5EncoderModel
+  torch.manual_seed(seed)
+  model = T5EncoderModel(T5Config(vocab_size=vocab_size, **TINY_T5))
+  return _randomize(model, seed + 6, scale=0.05)
+
+
+def write_tiny_deepfloyd(out_dir, *, seed: int = 0, text_shard_size: str | None = None) -> Path:
+  """An IF stage-I pipeline folder as IFPipeline.save_pretrained lays it out: unet/,
+  text_encoder/ (T5EncoderModel; in shards of `text_shard_size` with an index if given),
+  tokenizer/ (spiece.model), scheduler/ (IF's DDPMScheduler config), model_index.json."""
+  from diffusers import DDPMScheduler
+  out_dir = Path(out_dir)
+  write_tiny_if_unet(out_dir / "unet", seed=seed)
+  tokenizer = tiny_t5_tokenizer(out_dir / "tokenizer")
+  kwargs = {} if text_shard_size is None else {"max_shard_size": text_shard_size}
+  tiny_t5_encoder(len(tokenizer), seed).save_pretrained(str(out_dir / "text_encoder"), **kwargs)
+  DDPMScheduler(**IF_SCHEDULE).save_pretrained(str(out_dir / "scheduler"))
+  index = {"_class_name": "IFPipeline", "_diffusers_version": "0.39.0",
+           "unet": ["diffusers", "UNet2DConditionModel"],
+           "text_encoder": ["transformers", "T5EncoderModel"],
+           "tokenizer": ["transformers", "T5Tokenizer"],
+           "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
+           "feature_extractor": [None, None], "watermarker": [None, None],
+           "requires_safety_checker": False}
+  (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
+  return out_dir
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -5,10 +5,11 @@ guidance.prior_2d / guidance.prior_3d ("none" leaves the slot empty, so 2D-only,
 hybrid runs are config choices); the timestep ranges come from <stage>.guidance.<slot>.
 Models are loaded once per run by a PriorStore and shared by stage 0 and every stage.
 
-Stable Diffusion in the 2D slot stands in for the reference's DeepFloyd IF, whose t ranges
-the configs keep. guidance.sd_t_schedule says how SD reads them: "snr_matched_if" (default)
-queries SD at the step of the same signal-to-noise ratio as the IF step drawn
-(noise_schedule.snr_matched_timesteps); "if_fractions" at the same step index.
+The 2D slot takes the reference's DeepFloyd IF stage I ("deepfloyd", guidance.if_model), whose
+t ranges the configs hold, or Stable Diffusion ("sd") standing in for it. guidance.sd_t_schedule
+says how SD reads IF's ranges: "snr_matched_if" (default) queries SD at the step of the same
+signal-to-noise ratio as the IF step drawn (noise_schedule.snr_matched_timesteps);
+"if_fractions" at the same step index. IF itself is queried at the drawn step.
 """
 
 from pathlib import Path
@@ -16,11 +17,11 @@ from pathlib import Path
 from dc3d_jax.core import schedules
 from dc3d_jax.errors import ConfigError
 from dc3d_jax.guidance.sds import SDSGuidance
-from dc3d_jax.priors import (loading, noise_schedule, oracle, precision, stable_diffusion,
-                             testbed, zero123)
+from dc3d_jax.priors import (deepfloyd, loading, noise_schedule, oracle, precision,
+                             stable_diffusion, testbed, zero123)
 
 SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
-KINDS = {"prior_2d": ("none", "oracle", "sd"),
+KINDS = {"prior_2d": ("none", "oracle", "sd", "deepfloyd"),
          "prior_3d": ("none", "oracle", "zero123", "testbed")}
 SD_T_SCHEDULES = ("snr_matched_if", "if_fractions")
 
@@ -45,6 +46,14 @@ class PriorStore:
     if "sd" not in self._models:
       self._models["sd"] = loading.load_stable_diffusion(self._cfg.sd_model, dtype=self.dtype)
     return self._models["sd"]
+
+  def deepfloyd(self):
+    if not self._cfg.if_model:
+      raise ValueError("config guidance.if_model is empty: give a DeepFloyd IF stage-I "
+                       "folder or a model id in the local Hugging Face cache")
+    if "deepfloyd" not in self._models:
+      self._models["deepfloyd"] = loading.load_deepfloyd(self._cfg.if_model, dtype=self.dtype)
+    return self._models["deepfloyd"]
 
   def zero123(self):
     if not self._cfg.zero123_model:
@@ -76,6 +85,19 @@ def _stable_diffusion_prior(cfg, store: PriorStore):
       cache_dir=store.cache_dir, cache=store.text_cache)
 
 
+def _deepfloyd_prior(cfg, store: PriorStore):
+  g = cfg.guidance
+  if not cfg.prompt:
+    raise ValueError("config prompt is empty: the 2D prior (guidance.prior_2d='deepfloyd') "
+                     "needs a text prompt (--config.prompt=...)")
+  return deepfloyd.make_deepfloyd_prior(
+      store.deepfloyd(), cfg.prompt, guidance_scale=g.if_guidance_scale,
+      perp_neg=g.sd_perp_neg, negative_prompt=g.negative_prompt,
+      front_threshold=g.front_threshold_deg, back_threshold=g.back_threshold_deg,
+      overhead_threshold=g.overhead_threshold_deg, resolution=g.if_render_size,
+      cache_dir=store.cache_dir, cache=store.text_cache)
+
+
 def _zero123_prior(cfg, store: PriorStore, reference: dict):
   g, d = cfg.guidance, cfg.data
   return zero123.make_zero123_prior(
@@ -93,6 +115,8 @@ def _make_prior(kind: str, cfg, store, reference):
     raise ValueError(f"guidance prior {kind!r} needs a PriorStore")
   if kind == "sd":
     return _stable_diffusion_prior(cfg, store)
+  if kind == "deepfloyd":
+    return _deepfloyd_prior(cfg, store)
   if reference is None:
     raise ValueError(f"the {kind} prior needs the reference image")
   if kind == "testbed":
@@ -113,7 +137,8 @@ def check_kinds(guidance_cfg) -> None:
 
 def timestep_map(kind: str, prior, guidance_cfg) -> tuple | None:
   """The prior's step for each drawn IF step: SD's step of equal SNR under
-  sd_t_schedule="snr_matched_if"; None (the drawn step itself) otherwise."""
+  sd_t_schedule="snr_matched_if"; None (the drawn step itself) otherwise, and always for IF
+  ("deepfloyd"), whose own schedule the t ranges were set for."""
   if kind != "sd" or guidance_cfg.sd_t_schedule != "snr_matched_if":
     return None
   steps = noise_schedule.snr_matched_timesteps(noise_schedule.deepfloyd_if_alphas_cumprod(),

@@ -2,6 +2,8 @@
 
     load_stable_diffusion(model, *, dtype)                 -> StableDiffusionModels
     load_zero123(model, *, dtype, image_encoder=None)      -> Zero123Models
+    load_deepfloyd(model, *, dtype)                        -> DeepFloydModels
+    load_deepfloyd_unet(folder, *, dtype)                  -> (IFUNet, params)
 
 `model` is a diffusers folder, a model id in the local Hugging Face cache (`resolve.py`),
 or, for Zero123, an original LDM checkpoint (`stable_zero123.ckpt`, `zero123-xl.ckpt`, or a
@@ -19,10 +21,10 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from dc3d_jax.priors import ldm_checkpoint, resolve
+from dc3d_jax.priors import deepfloyd_unet, ldm_checkpoint, resolve
 from dc3d_jax.priors.ldm_checkpoint import ClipVisionSource, Zero123Source
-from dc3d_jax.priors.models import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, StableDiffusionModels,
-                                    Zero123Models)
+from dc3d_jax.priors.models import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, DeepFloydModels,
+                                    StableDiffusionModels, Zero123Models)
 from dc3d_jax.priors.resolve import ModelNotFoundError
 from dc3d_jax.priors.state_dicts import (UnsupportedModelError, cast_floating,
                                          diffusers_to_flax, read_json, read_schedule,
@@ -78,6 +80,50 @@ def load_zero123(model: str, *, dtype=jnp.float32,
         + resolve.expected_files("clip_vision"))
   with quiet_libraries():
     return build_zero123(source, dtype, origin=str(found.path))
+
+
+def load_deepfloyd(model: str, *, dtype=jnp.float32) -> DeepFloydModels:
+  """DeepFloyd IF stage I (e.g. DeepFloyd/IF-I-XL-v1.0) from a folder or cached id: the UNet
+  now, the T5 encoder's files for deepfloyd.text_embeddings (read only if prompts need it)."""
+  found = resolve.resolve_model(model, "deepfloyd")
+  f = found.files
+  schedule = read_schedule(f["scheduler_config"])   # cheap checks before reading weights
+  config = deepfloyd_unet.config_from_diffusers(read_json(f["unet_config"]), f["unet_config"])
+  if schedule.prediction_type != "epsilon" or config.out_channels != 2 * config.in_channels:
+    raise UnsupportedModelError(
+        f"{found.path}: prediction_type={schedule.prediction_type!r}, UNet channels "
+        f"{config.in_channels} -> {config.out_channels}; IF stage I predicts ε and a learned "
+        "variance (3 -> 6 channels)")
+  with quiet_libraries():
+    unet, params = build_deepfloyd_unet(config, read_state_dict(f["unet_weights"]), dtype,
+                                        f["unet_weights"])
+  text = {"config_path": f["text_encoder_config"], "weights_path": f["text_encoder_weights"],
+          "tokenizer_dir": found.path / "tokenizer"}
+  return DeepFloydModels(unet=unet, params={"unet": params}, schedule=schedule,
+                         text_encoder=text, dtype=dtype, source=str(found.path))
+
+
+def load_deepfloyd_unet(folder, *, dtype=jnp.float32):
+  """DeepFloyd IF stage I's UNet from its diffusers `unet/` folder (config.json and
+  diffusion_pytorch_model[.fp16].safetensors|.bin) -> (deepfloyd_unet.IFUNet, params)."""
+  found = resolve.resolve_model(str(folder), "deepfloyd_unet")
+  config = deepfloyd_unet.config_from_diffusers(read_json(found.files["config"]),
+                                                found.files["config"])
+  weights = found.files["weights"]
+  return build_deepfloyd_unet(config, read_state_dict(weights), dtype, weights)
+
+
+def build_deepfloyd_unet(config, state: dict, dtype, origin):
+  """(IFUNet, params cast to dtype) from an IFUNetConfig and a diffusers PyTorch state dict;
+  ModelError naming `origin` (the weights file) on a missing, unknown or misshapen weight."""
+  unet = deepfloyd_unet.IFUNet(config, dtype=dtype)
+  try:
+    params = diffusers_to_flax(state, unet, str(origin))
+  except ValueError as err:   # the converter's shape check
+    if isinstance(err, UnsupportedModelError):
+      raise
+    raise UnsupportedModelError(f"{origin}: {err}") from None
+  return unet, cast_floating(params, dtype)
 
 
 # ------------------------------------------------------------------ UNet and VAE (diffusers)

@@ -66,3 +66,20 @@ class Zero123Models:
   clip_std: tuple = OPENAI_CLIP_STD
   clip_size: int = 224
   source: str = ""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeepFloydModels:
+  """DeepFloyd IF stage I (IF-I-XL in the reference): the pixel-space UNet and where its T5
+  encoder lives. The encoder (4.7 B parameters for T5-XXL) is not kept: deepfloyd.py loads it
+  only to embed prompts found in no cache, then lets it go.
+
+  unet: deepfloyd_unet.IFUNet; params: {"unet"} in `dtype`; text_encoder: {"config_path",
+  "weights_path", "tokenizer_dir"} (t5_encoder.load_t5's arguments).
+  """
+  unet: Any
+  params: dict
+  schedule: NoiseScheduleConfig
+  text_encoder: dict
+  dtype: Any = None
+  source: str = ""

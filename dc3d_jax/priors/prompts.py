@@ -9,7 +9,9 @@ guidance scale; ⊥(x, y) the component of x perpendicular to y. The guided pred
 with the inner products of ⊥ taken per batch item (perpendicular).
 
 Directions index the rows of the prior's embedding table: DIRECTIONS in order, then UNCOND
-(the negative prompt, "" by default).
+(the negative prompt, "" by default). `view_context` turns cameras into the UNet's context rows
+and `guided_noise` the UNet's ε of those rows into ε̂; every text prior (Stable Diffusion,
+DeepFloyd IF) uses both.
 
 Boundary conventions (strict inequalities, as the reference's prompt processor):
   front    |a| < front_threshold
@@ -117,3 +119,32 @@ def perp_neg_combine(eps_uncond: jax.Array, eps_pos: jax.Array, eps_negs: jax.Ar
     w = neg_weights[:, i].reshape((-1,) + tail)
     total = total + w * perpendicular(eps_negs[:, i] - eps_uncond, e_pos)
   return eps_uncond + scale * total
+
+
+def view_context(table: jax.Array, elevation_deg, azimuth_deg, *, perp_neg: bool,
+                 front_threshold: float, back_threshold: float,
+                 overhead_threshold: float) -> dict:
+  """[5, L, D] table (DIRECTIONS + UNCOND), [B] views -> {"context": [k·B, L, D]} with rows
+  [cond, uncond] (k = 2), or with Perp-Neg rows [pos, uncond, neg_1, neg_2] (k = 4) plus
+  "neg_weight" [B, 2]; each row block holds the B views in order."""
+  e = jnp.asarray(elevation_deg, jnp.float32)
+  uncond = jnp.broadcast_to(table[UNCOND], e.shape + table.shape[1:])
+  if not perp_neg:
+    index = view_direction(e, azimuth_deg, front_threshold=front_threshold,
+                           back_threshold=back_threshold, overhead_threshold=overhead_threshold)
+    return {"context": jnp.concatenate([table[index], uncond], 0)}
+  pos_mix, neg_index, neg_weight = perp_neg_terms(e, azimuth_deg, overhead_threshold)
+  pos = jnp.einsum("bk,kld->bld", pos_mix, table[:len(DIRECTIONS)].astype(jnp.float32))
+  negs = table[neg_index]
+  context = jnp.concatenate([pos.astype(table.dtype), uncond, negs[:, 0], negs[:, 1]], 0)
+  return {"context": context, "neg_weight": neg_weight}
+
+
+def guided_noise(eps: jax.Array, cond: dict, *, perp_neg: bool, scale) -> jax.Array:
+  """[k·B, ...] ε of the rows of `view_context` -> [B, ...] ε̂ (CFG, or Perp-Neg)."""
+  k = 4 if perp_neg else 2
+  branches = eps.reshape((k, eps.shape[0] // k) + eps.shape[1:])
+  if not perp_neg:
+    return classifier_free_guidance(branches[1], branches[0], scale)
+  negs = jnp.moveaxis(branches[2:], 0, 1)                      # [B, 2, ...]
+  return perp_neg_combine(branches[1], branches[0], negs, cond["neg_weight"], scale)

@@ -7,8 +7,10 @@ A model argument is one of:
   - a Hugging Face model id ("org/name"), looked up in the local cache only
     (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub).
 
-Kinds: "stable_diffusion", "zero123" and "clip_vision" (a CLIP image encoder folder, the
-fallback for LDM checkpoints that do not carry their CLIP weights).
+Kinds: "stable_diffusion", "zero123", "clip_vision" (a CLIP image encoder folder, the
+fallback for LDM checkpoints that do not carry their CLIP weights), "deepfloyd" (an IF
+stage-I pipeline folder: UNet, T5 encoder, SentencePiece tokenizer, scheduler) and
+"deepfloyd_unet" (its unet/ folder alone).
 Anything that cannot be found raises `ModelNotFoundError` naming the argument, where it
 looked and which files it expected.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from dc3d_jax import errors
 
-KINDS = ("stable_diffusion", "zero123", "clip_vision")
+KINDS = ("stable_diffusion", "zero123", "clip_vision", "deepfloyd", "deepfloyd_unet")
 LDM_SUFFIXES = (".ckpt", ".safetensors")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -31,6 +33,9 @@ _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_
                       "diffusion_pytorch_model.fp16.bin")
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors",
                          "pytorch_model.fp16.bin")
+# A large text encoder (IF's 4.7 B-parameter T5-XXL) is saved in shards named by an index.
+_SHARDED_WEIGHTS = ("model.safetensors.index.json", "pytorch_model.bin.index.json",
+                    "model.safetensors.index.fp16.json", "pytorch_model.bin.index.fp16.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Requirement:
       text += "|" + (second.suffix if second.stem == Path(first).stem else second.name)
     if any(".fp16." in n for n in rest):
       text += " (or .fp16 variant)"
+    if any(".index." in n for n in rest):
+      text += " (or shards with their .index.json)"
     return text + (" (optional)" if self.optional else "")
 
 
@@ -83,6 +90,17 @@ LAYOUTS = {
     "clip_vision": (
         Requirement("config", ("config.json",)),
         Requirement("weights", _TRANSFORMERS_WEIGHTS),
+    ),
+    "deepfloyd": (
+        Requirement("model_index", ("model_index.json",), optional=True),
+        *_component("unet", _DIFFUSERS_WEIGHTS),
+        *_component("text_encoder", _TRANSFORMERS_WEIGHTS + _SHARDED_WEIGHTS),
+        Requirement("tokenizer_model", ("tokenizer/spiece.model",)),
+        Requirement("scheduler_config", ("scheduler/scheduler_config.json",)),
+    ),
+    "deepfloyd_unet": (
+        Requirement("config", ("config.json",)),
+        Requirement("weights", _DIFFUSERS_WEIGHTS),
     ),
 }
 

@@ -10,14 +10,12 @@ DIRECTIONS ("<p>, side view", front, back, overhead) and UNCOND (the negative pr
                                                          UNet batch 4B: [p, u, n_1, n_2]
 (reference §3.1; prompts.py holds the direction rules and weights).
 
-Text embeddings are computed once per (model source, prompt), outside jit: in an explicit
-`TextEmbeddingCache` the caller owns, and on disk as `<cache_dir>/<sha256>.npy`.
+Text embeddings are computed once per (model source, prompt), outside jit (text_cache.py): in
+an explicit `TextEmbeddingCache` the caller owns, and on disk as `<cache_dir>/<sha256>.npy`.
 Layouts: latents NHWC inside dc3d_jax; latents.py converts for the NCHW Flax UNet and VAE.
 """
 
 import dataclasses
-import hashlib
-import os
 from typing import Any, Optional
 
 import jax
@@ -25,41 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dc3d_jax.core.types import Camera
-from dc3d_jax.priors import latents, noise_schedule, prompts
+from dc3d_jax.priors import latents, noise_schedule, prompts, text_cache
+from dc3d_jax.priors.text_cache import TextEmbeddingCache, embedding_key  # noqa: F401 (API)
 from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-@dataclasses.dataclass
-class TextEmbeddingCache:
-  """In-memory text embeddings keyed by `embedding_key`; `encoded` counts prompts that went
-  through the text encoder (a cache hit leaves it unchanged)."""
-  entries: dict = dataclasses.field(default_factory=dict)
-  encoded: int = 0
-
-
-def embedding_key(source: str, prompt: str) -> str:
-  """sha256 of (model source, prompt): the cache key and the on-disk file name."""
-  return hashlib.sha256(f"{source}\x00{prompt}".encode("utf-8")).hexdigest()
-
-
-def _load_cached(cache: TextEmbeddingCache, cache_dir, key: str) -> Optional[np.ndarray]:
-  if key not in cache.entries and cache_dir is not None:
-    path = os.path.join(cache_dir, key + ".npy")
-    if os.path.exists(path):
-      cache.entries[key] = np.load(path)
-  return cache.entries.get(key)
-
-
-def _store(cache: TextEmbeddingCache, cache_dir, key: str, value: np.ndarray) -> None:
-  cache.entries[key] = value
-  if cache_dir is not None:
-    os.makedirs(cache_dir, exist_ok=True)
-    # Write then rename, so a concurrent run never reads a half-written file.
-    tmp = os.path.join(cache_dir, f"{key}.{os.getpid()}.tmp.npy")
-    np.save(tmp, value)
-    os.replace(tmp, os.path.join(cache_dir, key + ".npy"))
 
 
 def encode_prompts(models: StableDiffusionModels, texts: list) -> np.ndarray:
@@ -81,18 +49,9 @@ def text_embeddings(models: StableDiffusionModels, texts: list, *, cache_dir=Non
                     cache: Optional[TextEmbeddingCache] = None) -> np.ndarray:
   """[N] prompts -> [N, L, D] float32 embeddings, each computed once per (models.source,
   prompt): looked up in `cache` (memory), then in `cache_dir` (disk), else encoded."""
-  if cache_dir is not None and not models.source:
-    raise ValueError("text_embeddings: an on-disk cache needs models.source to name the "
-                     "weights; otherwise embeddings of different models would collide")
-  cache = TextEmbeddingCache() if cache is None else cache
-  keys = [embedding_key(models.source, p) for p in texts]
-  missing = {k: p for k, p in zip(keys, texts) if _load_cached(cache, cache_dir, k) is None}
-  if missing:
-    values = encode_prompts(models, list(missing.values()))
-    cache.encoded += len(missing)
-    for key, value in zip(missing, values):
-      _store(cache, cache_dir, key, value)
-  return np.stack([cache.entries[k] for k in keys])
+  return text_cache.cached_embeddings(models.source, texts,
+                                      lambda missing: encode_prompts(models, missing),
+                                      cache_dir=cache_dir, cache=cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,22 +87,11 @@ class StableDiffusionPrior:
                                   scaling=self.vae_scaling_factor)
 
   def condition(self, params, cameras: Camera) -> dict:
-    """[B] cameras -> {"context": [k·B, L, D]} with rows [cond, uncond] (k = 2), or with
-    Perp-Neg rows [pos, uncond, neg_1, neg_2] (k = 4) plus "neg_weight" [B, 2]."""
-    table = params["embeddings"]
-    e, a = cameras.elevation_deg, cameras.azimuth_deg
-    uncond = jnp.broadcast_to(table[prompts.UNCOND], e.shape + table.shape[1:])
-    if not self.perp_neg:
-      index = prompts.view_direction(e, a, front_threshold=self.front_threshold,
-                                     back_threshold=self.back_threshold,
-                                     overhead_threshold=self.overhead_threshold)
-      return {"context": jnp.concatenate([table[index], uncond], 0)}
-    pos_mix, neg_index, neg_weight = prompts.perp_neg_terms(e, a, self.overhead_threshold)
-    n_dir = len(prompts.DIRECTIONS)
-    pos = jnp.einsum("bk,kld->bld", pos_mix, table[:n_dir].astype(jnp.float32))
-    negs = table[neg_index]
-    context = jnp.concatenate([pos.astype(table.dtype), uncond, negs[:, 0], negs[:, 1]], 0)
-    return {"context": context, "neg_weight": neg_weight}
+    """[B] cameras -> prompts.view_context rows ([cond, uncond], or Perp-Neg's four)."""
+    return prompts.view_context(
+        params["embeddings"], cameras.elevation_deg, cameras.azimuth_deg,
+        perp_neg=self.perp_neg, front_threshold=self.front_threshold,
+        back_threshold=self.back_threshold, overhead_threshold=self.overhead_threshold)
 
   def predict_noise(self, params, x_t: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
     """[B, h, w, 4] x_t, [B] t -> guided ε̂ [B, h, w, 4]; one UNet call on all k·B rows."""
@@ -151,12 +99,7 @@ class StableDiffusionPrior:
     k = cond["context"].shape[0] // b
     steps = jnp.tile(jnp.broadcast_to(jnp.asarray(t), (b,)), k)
     eps = self.raw_noise(params, jnp.tile(x_t, (k, 1, 1, 1)), steps, cond["context"])
-    branches = eps.reshape((k, b) + x_t.shape[1:])
-    if not self.perp_neg:
-      return prompts.classifier_free_guidance(branches[1], branches[0], self.guidance_scale)
-    negs = jnp.moveaxis(branches[2:], 0, 1)                      # [B, 2, h, w, 4]
-    return prompts.perp_neg_combine(branches[1], branches[0], negs, cond["neg_weight"],
-                                    self.guidance_scale)
+    return prompts.guided_noise(eps, cond, perp_neg=self.perp_neg, scale=self.guidance_scale)
 
   def raw_noise(self, params, x_t: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
     """[N, h, w, 4] x_t, [N] t, [N, L, D] -> [N, h, w, 4] ε (float32 like x_t)."""

@@ -67,10 +67,31 @@ def _check_safetensors(path: Path, size: int) -> None:
     raise _damaged(path, f"the header describes {8 + n + max(ends)} bytes, the file has {size}")
 
 
+def shard_files(index_path) -> list:
+  """The shard files a sharded checkpoint's `*.index.json` names (its weight_map values), in
+  its folder; ModelError naming the index if it is malformed or a shard is missing."""
+  index_path = Path(index_path)
+  weight_map = read_json(index_path).get("weight_map")
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise errors.ModelError(f"{index_path}: no weight_map; not a sharded checkpoint index. "
+                            "Copy the model folder again")
+  shards = [index_path.parent / name for name in sorted(set(weight_map.values()))]
+  missing = [s.name for s in shards if not s.is_file()]
+  if missing:
+    raise errors.ModelError(f"{index_path}: shard(s) {missing} missing from "
+                            f"{index_path.parent}; copy every shard the index names")
+  return shards
+
+
 def check_weights_file(path) -> None:
   """Cheap integrity check (headers and sizes, no tensors read) of a .safetensors file, a
-  zip-format PyTorch file or a legacy-pickle one; raises ModelError naming the file."""
+  zip-format PyTorch file or a legacy-pickle one (a shard index: of every shard); raises
+  ModelError naming the file."""
   path = Path(path)
+  if path.suffix == ".json":
+    for shard in shard_files(path):
+      check_weights_file(shard)
+    return
   size = path.stat().st_size
   if path.suffix == ".safetensors":
     return _check_safetensors(path, size)
@@ -87,8 +108,14 @@ def check_weights_file(path) -> None:
 
 
 def read_state_dict(path) -> dict:
-  """A weights file -> {name: numpy array} in its storage dtype (bf16 via ml_dtypes)."""
+  """A weights file (or a shard index) -> {name: numpy array} in its storage dtype (bf16 via
+  ml_dtypes)."""
   path = Path(path)
+  if path.suffix == ".json":
+    state = {}
+    for shard in shard_files(path):
+      state.update(read_state_dict(shard))
+    return state
   check_weights_file(path)
   if path.suffix == ".safetensors":
     import safetensors.numpy
