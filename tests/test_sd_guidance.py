@@ -20,7 +20,7 @@ import transformers
 
 from dc3d_jax.core.types import Camera
 from dc3d_jax.guidance import sds
-from dc3d_jax.priors import prompts, stable_diffusion as sd
+from dc3d_jax.priors import prompts, stable_diffusion as sd, text_cache
 from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
 from experiments import tiny_models
 
@@ -187,14 +187,14 @@ def test_text_embeddings_are_computed_once_and_cached_on_disk(models, tmp_path):
   np.testing.assert_array_equal(second, first[::-1])
   np.testing.assert_allclose(first, sd.encode_prompts(models, ["a cat", "a cat, side view"]),
                              atol=1e-6)
-  path = tmp_path / (sd.embedding_key("tiny-random-sd", "a cat") + ".npy")
+  path = tmp_path / (text_cache.embedding_key("tiny-random-sd", "a cat") + ".npy")
   assert path.exists()
   fresh = sd.TextEmbeddingCache()
   reloaded = sd.text_embeddings(models, ["a cat", "a cat, side view"], cache_dir=tmp_path,
                                 cache=fresh)
   assert fresh.encoded == 0                                          # both from disk
   np.testing.assert_array_equal(reloaded, first)
-  assert sd.embedding_key("other-weights", "a cat") != sd.embedding_key("tiny-random-sd",
+  assert text_cache.embedding_key("other-weights", "a cat") != text_cache.embedding_key("tiny-random-sd",
                                                                          "a cat")
 
 

@@ -18,7 +18,7 @@ from dc3d_jax.core import schedules
 from dc3d_jax.errors import ConfigError
 from dc3d_jax.guidance.sds import SDSGuidance
 from dc3d_jax.priors import (deepfloyd, loading, noise_schedule, oracle, precision,
-                             stable_diffusion, testbed, zero123)
+                             stable_diffusion, testbed, text_cache, zero123)
 
 SLOTS = (("sds_2d", "prior_2d"), ("sds_3d", "prior_3d"))
 KINDS = {"prior_2d": ("none", "oracle", "sd", "deepfloyd"),
@@ -32,7 +32,7 @@ class PriorStore:
   def __init__(self, guidance_cfg, cache_dir: Path | None = None):
     self._cfg = guidance_cfg
     self.cache_dir = cache_dir
-    self.text_cache = stable_diffusion.TextEmbeddingCache()
+    self.text_cache = text_cache.TextEmbeddingCache()
     self._models = {}
 
   @property

@@ -24,7 +24,7 @@ import numpy as np
 
 from dc3d_jax.core.types import Camera
 from dc3d_jax.priors import latents, noise_schedule, prompts, text_cache
-from dc3d_jax.priors.text_cache import TextEmbeddingCache, embedding_key  # noqa: F401 (API)
+from dc3d_jax.priors.text_cache import TextEmbeddingCache
 from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -22,7 +22,6 @@ encodes, and lets it go (the caller caches the embeddings, text_cache.py).
 import dataclasses
 import math
 import re
-from pathlib import Path
 
 import flax.linen as nn
 import jax
