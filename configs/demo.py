@@ -36,8 +36,9 @@ It is configs/dreamcraft3d.py with these changes, all for CPU time:
     CPU);
   - no field chunking or recomputation (at 64² memory is not the limit; they cost 8-40% here);
   - evaluation at 128² with a 60-frame turntable.
-The texture section (stage 3) uses plain SDS through the prior (texture.guidance.kind = "sds";
-BSD on the testbed prior as its base model is not wired yet) at 64² on the previous stage's
+The texture section (stage 3) of build() uses plain SDS through the prior
+(texture.guidance.kind = "sds"; configs/oracle.py); get_config() runs BSD with the testbed
+prior as its base model instead (_bsd_on_testbed), at 64² on the previous stage's
 mesh (the DMTet surface; texture.mesh_resolution = 64 applies when a volume stage precedes
 it), TEXTURE_STEPS
 steps, with its t range's anneal scaled onto them (~70 s with its turntable and export,
