@@ -40,12 +40,15 @@ DIAGNOSTICS = ("eval_kept_frac_min", "eval_truncated_renders")
 
 
 def arm_overrides(cfg, arm: str) -> dict:
-  """The unguided arm: every stage's guidance weights 0 (their terms then leave the step) and
-  no prior in either slot."""
+  """The unguided arm: every stage's guidance weights 0 (their terms then leave the step), no
+  prior in either slot, and a texture stage that would run BSD (whose base model is not a
+  slot) runs the SDS kind instead, so its zero weights leave it reference losses only."""
   if arm == "guided":
     return {}
   weights = {f"{stage}.loss.{slot}": (0.0,) for stage in cfg.stages
              for slot in ("sds_2d", "sds_3d") if slot in cfg[stage].get("loss", {})}
+  if "texture" in cfg.stages and cfg.texture.guidance.kind == "bsd":
+    weights["texture.guidance.kind"] = "sds"
   return {**weights, "guidance.prior_2d": "none", "guidance.prior_3d": "none"}
 
 

@@ -96,3 +96,17 @@ def test_sample_grid_puts_each_runs_last_rgb_views_beside_the_reference(tmp_path
   for k, (arm, r) in enumerate([(a, r) for a in ("unguided", "guided") for r in range(n)]):
     got = grid[:, (1 + k) * pitch:][:, :cell]
     np.testing.assert_allclose(got, np.broadcast_to(colour(arm, r), got.shape), atol=1 / 255)
+
+
+def test_the_unguided_arm_of_a_bsd_texture_stage_runs_no_bsd(tmp_path):
+  """BSD's base model is texture.prior.base, not a prior slot: the unguided arm must also
+  leave the BSD kind, or it would still be guided."""
+  args = compare_guidance.argparse.Namespace(
+      config="configs/demo.py", root=str(tmp_path),
+      set=["stages=texture", f"texture.init_from={tmp_path / 'geometry_run'}"])
+  guided = compare_guidance.run_config(args, "cow", 0, "guided")
+  unguided = compare_guidance.run_config(args, "cow", 0, "unguided")
+  assert guided.texture.guidance.kind == "bsd" and guided.texture.prior.base == "testbed"
+  assert unguided.texture.guidance.kind == "sds"
+  assert unguided.texture.loss.sds_2d == unguided.texture.loss.sds_3d == (0.0,)
+  assert (unguided.guidance.prior_2d, unguided.guidance.prior_3d) == ("none", "none")
