@@ -283,3 +283,21 @@ def test_export_round_trip_renders_the_stage_and_opens_upright_facing_the_viewer
   raw = np.asarray(trimesh.load(tmp_path / "model.glb", force="mesh", process=False).vertices)
   extent = raw.max(0) - raw.min(0)
   assert np.argmax(extent) == 1 and raw[:, 2].max() > 0.6 > -raw[:, 2].min()
+
+
+def test_a_guidance_step_with_guidance_off_only_advances_the_step(stage):
+  """The SDS kind with no prior slot (an unguided run): its guidance steps change nothing but
+  the step, so the reference steps keep their schedule (they used to fail: a loss of int 0)."""
+  cfg = stage["cfg"].copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.texture.guidance.kind = "sds"
+  settings = tx.settings_from_config(cfg, {}, 1)
+  assert tx.kind_at(1, settings) == "guidance" and not settings.guidance
+  state = tx.init_state(settings, jax.random.key(0), stage["mesh"], {})
+  before = jax.device_get((state.params, state.opt_state))     # the step donates `state`
+  new, metrics = texture_steps.compile_steps(settings)["guidance"](
+      state, stage["batch"], {}, jax.random.key(7))
+  assert int(new.step) == 1 and float(metrics["loss"]) == 0.0
+  same = jax.tree_util.tree_map(np.array_equal, jax.device_get((new.params, new.opt_state)),
+                                before)
+  assert all(jax.tree_util.tree_leaves(same))

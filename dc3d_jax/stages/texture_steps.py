@@ -95,8 +95,11 @@ def ref_step(state, batch, settings: Settings):
 
 
 def sds_step(state, batch, prior_params, root_key, settings: Settings):
-  """The configured SDS terms on random views."""
+  """The configured SDS terms on random views. With no slot active (guidance off: priors
+  "none" or weights 0) the step only advances, so the reference steps keep their schedule."""
   step = state.step
+  if not settings.active & set(settings.guidance):
+    return state.replace(step=step + 1), {"loss": jnp.zeros((), jnp.float32)}
   cameras = random_views(root_key, step, settings, batch["ref"]["rgb"].shape[0])
 
   def loss_fn(params):
