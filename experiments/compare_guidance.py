@@ -15,8 +15,8 @@ resumes unfinished runs and skips finished ones, so a long sweep can be stopped 
 only (it needs no prior weights, so it can run while the prior still trains); the table then
 has that arm alone, and the full command later skips its finished runs.
 
-Writes --out (JSON): per run the headline metrics (novel-view PSNR, mask IoU, Chamfer, F-score
-at 2% and 5%, volume IoU, reference-view PSNR, wall time) and per arm their mean ± std over
+Writes --out (JSON): per run the headline metrics (novel-view PSNR, SSIM, LPIPS and mask IoU,
+Chamfer, F-score at 2% and 5%, volume IoU, reference-view PSNR, wall time) and per arm their mean ± std over
 runs, and prints the table as Markdown (the form docs/RESULTS.md keeps). Beside it, --out with .png:
 per object and seed, the reference, then the unguided and the guided run's last training
 samples (RGB at azimuths 0°, 90°, 180°, 270°), to show what the guidance did.
@@ -33,8 +33,8 @@ from dc3d_jax.io import writers
 from dc3d_jax.stages import runner
 
 ARMS = ("guided", "unguided")
-HEADLINE = ("novel_psnr", "novel_mask_iou", "chamfer", "fscore@0.02", "fscore@0.05",
-            "volume_iou", "ref_psnr", "wall_time_s")
+HEADLINE = ("novel_psnr", "novel_ssim", "novel_lpips", "novel_mask_iou", "chamfer",
+            "fscore@0.02", "fscore@0.05", "volume_iou", "ref_psnr", "wall_time_s")
 # Kept per run beside the headline, not averaged: whether evaluation renders ran out of budget.
 DIAGNOSTICS = ("eval_kept_frac_min", "eval_truncated_renders")
 
