@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       groups=8, heads=4))
   c.train = ml_collections.ConfigDict(dict(
       steps=8000, batch_size=32, lr=5e-4, warmup_steps=200, final_lr_fraction=0.1,
-      weight_decay=0.0, grad_clip=1.0, ema_decay=0.998, cond_drop=0.1,
+      weight_decay=0.0, grad_clip=1.0, ema_decay=0.998, cond_drop=0.1, mirror=0.0,
       log_every=25, checkpoint_every=250, sample_every=500, keep_checkpoints=2))
   c.eval = ml_collections.ConfigDict(dict(
       guidance_scale=3.0,

@@ -142,3 +142,19 @@ def test_fetch_is_idempotent_on_a_verified_folder(tmp_path, monkeypatch):
   assert "already present" in assets_testbed.fetch_testbed(tmp_path)
   (folder / assets_testbed.wanted()[0]).write_text("tampered")
   assert assets_testbed.verify(folder, pinned) == [assets_testbed.wanted()[0]]
+
+
+def test_a_mirrored_pair_is_the_mirror_objects_pair():
+  """The training's mirror augmentation (testbed/training.py): flipping a render left-right and
+  negating its azimuth gives the render of the object mirrored about the plane through the up
+  axis and the reference camera (azimuth 0), for the reference view and any other view."""
+  obj = testbed_tiny.tiny_object()                  # the box nose sits off that plane (y 0.1)
+  placed = render.place(obj.vertices, 25.0, 10.0)
+  mirror = np.array([1.0, -1.0, 1.0])
+  twin = render.ObjectModel(obj.name, placed * mirror, obj.faces[:, ::-1],
+                            obj.corner_attr[:, ::-1])   # reversed winding keeps faces outward
+  elevation, azimuth = np.array([10.0, 30.0, -5.0]), np.array([0.0, 60.0, 200.0])
+  views = render.render_views(obj, placed, elevation, azimuth, 32)
+  mirrored = render.render_views(twin, twin.vertices, elevation, -azimuth, 32)
+  assert float(np.abs(views - views[:, :, ::-1]).max()) > 0.3     # the renders are not symmetric
+  np.testing.assert_allclose(mirrored, views[:, :, ::-1], atol=2e-3)

@@ -233,3 +233,23 @@ def test_a_work_dir_made_with_other_testbed_weights_is_not_resumed(tmp_path):
     cfg.guidance.testbed_model = str(tmp_path / "b.safetensors")
   with pytest.raises(ResumeError, match="prior testbed_sha256"):
     pipeline.check(cfg)
+
+
+def test_mirror_augmentation_flips_both_images_and_negates_the_azimuth():
+  from dc3d_jax.testbed import training
+  rng_np = np.random.default_rng(0)
+  data = {"rgba": jnp.asarray(rng_np.integers(0, 256, (3, 4, 8, 8, 4)), jnp.uint8),
+          "elevation": jnp.asarray(rng_np.uniform(-10, 45, (3, 4)), jnp.float32),
+          "azimuth": jnp.asarray(rng_np.uniform(0, 360, (3, 4)), jnp.float32),
+          "ref_elevation": jnp.asarray(rng_np.uniform(-10, 30, (3,)), jnp.float32)}
+  key = jax.random.key(3)
+  x0, ref, pose = training.sample_batch(data, key, 64)
+  mx0, mref, mpose = training.sample_batch(data, key, 64, 1.0, jax.random.key(4))
+  np.testing.assert_array_equal(mx0, x0[:, :, ::-1])
+  np.testing.assert_array_equal(mref, ref[:, :, ::-1])
+  # T = (Δelevation, sin Δazimuth, cos Δazimuth, ...): the azimuth's sine changes sign only.
+  np.testing.assert_allclose(mpose * jnp.array([1.0, -1.0, 1.0, 1.0]), pose, atol=1e-5)
+  half = training.sample_batch(data, key, 64, 0.5, jax.random.key(4))[0]
+  flipped = np.all(np.asarray(half) == np.asarray(x0[:, :, ::-1]), axis=(1, 2, 3))
+  kept = np.all(np.asarray(half) == np.asarray(x0), axis=(1, 2, 3))
+  assert np.all(flipped | kept) and 10 < flipped.sum() < 54

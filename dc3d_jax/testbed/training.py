@@ -4,6 +4,11 @@ Per step, B pairs are drawn uniformly: a placement i of a training object and on
 views k (k = 0 is the reference view itself, T = [0, 0, 1, θ_ref]). Loss ‖v̂ − v‖² (mean),
 v = √ᾱ_t ε − √(1−ᾱ_t) x_0, with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, t ~ U{0..T−1}, cosine schedule
 (priors/testbed.py says why v and not ε). With
+probability `mirror` a pair is mirrored: both images flipped left-right and the target's
+azimuth negated. That is the same pair for the object's mirror image about the plane through
+the up axis and the reference camera (exact for this camera model: tests/test_testbed_prior.py
+renders it), so it doubles the shapes seen and shows the prior the left-right symmetry the
+mirrored-reference baseline exploits. With
 probability `cond_drop` a pair's conditioning (reference image and T together) is zeroed,
 which trains the unconditional branch for classifier-free guidance (Zero123 and Stable-
 Zero123 train CFG the same way). AdamW with linear warm-up then cosine decay, global-norm
@@ -44,6 +49,7 @@ class Settings:
   grad_clip: float = 1.0
   ema_decay: float = 0.999
   cond_drop: float = 0.1
+  mirror: float = 0.0           # probability of mirroring a pair (0: off, as runs before it)
 
   @classmethod
   def from_config(cls, cfg) -> "Settings":
@@ -53,7 +59,7 @@ class Settings:
     return cls(arch=arch, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                warmup_steps=t.warmup_steps, final_lr_fraction=t.final_lr_fraction,
                weight_decay=t.weight_decay, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
-               cond_drop=t.cond_drop)
+               cond_drop=t.cond_drop, mirror=t.get("mirror", 0.0))
 
 
 def learning_rate(settings: Settings):
@@ -100,15 +106,21 @@ def to_signed(rgba_uint8: jax.Array) -> jax.Array:
   return rgba_uint8[..., :3].astype(jnp.float32) / 127.5 - 1.0
 
 
-def sample_batch(data: dict, key, batch_size: int):
-  """-> x0 [B, R, R, 3], ref [B, R, R, 3] in [-1, 1], pose [B, 4]."""
+def sample_batch(data: dict, key, batch_size: int, mirror: float = 0.0, mirror_key=None):
+  """-> x0 [B, R, R, 3], ref [B, R, R, 3] in [-1, 1], pose [B, 4]; each pair mirrored with
+  probability `mirror` (drawn from mirror_key; module docstring)."""
   n, v = data["elevation"].shape
   k_i, k_v = jax.random.split(key)
   i = jax.random.randint(k_i, (batch_size,), 0, n)
   k = jax.random.randint(k_v, (batch_size,), 0, v)
-  pose = testbed.relative_pose(data["elevation"][i, k], data["azimuth"][i, k],
-                               data["ref_elevation"][i], 0.0)
-  return to_signed(data["rgba"][i, k]), to_signed(data["rgba"][i, 0]), pose
+  x0, ref = to_signed(data["rgba"][i, k]), to_signed(data["rgba"][i, 0])
+  azimuth = data["azimuth"][i, k]
+  if mirror > 0.0:
+    flip = jax.random.bernoulli(mirror_key, mirror, (batch_size,))
+    azimuth = jnp.where(flip, -azimuth, azimuth)
+    x0, ref = (jnp.where(flip[:, None, None, None], a[:, :, ::-1], a) for a in (x0, ref))
+  pose = testbed.relative_pose(data["elevation"][i, k], azimuth, data["ref_elevation"][i], 0.0)
+  return x0, ref, pose
 
 
 def _loss(flat, x0, cond, t, noise, arch):
@@ -123,7 +135,8 @@ def train_step(state: TrainState, data: dict, root_key, *, settings: Settings):
   """One optimizer step on a fresh batch; returns (state, {"loss", "grad_norm", "lr"})."""
   step = state.step
   x0, ref, pose = sample_batch(data, rng.key_for(root_key, "testbed/batch", step),
-                               settings.batch_size)
+                               settings.batch_size, settings.mirror,
+                               rng.key_for(root_key, "testbed/mirror", step))
   b = x0.shape[0]
   keep = jax.random.bernoulli(rng.key_for(root_key, "testbed/drop", step),
                               1.0 - settings.cond_drop, (b,)).astype(jnp.float32)
