@@ -72,30 +72,32 @@ class PriorStore:
     return self._models["testbed"]
 
 
-def _stable_diffusion_prior(cfg, store: PriorStore):
+def _text_prior(cfg, store: PriorStore, kind: str, make, load, **sizes):
+  """A text-to-image prior of the 2D slot (models from load(), after the prompt is checked)
+  with the run's prompt, Perp-Neg and view thresholds (shared by both kinds) and the
+  embeddings cached in the store."""
   g = cfg.guidance
   if not cfg.prompt:
-    raise ValueError("config prompt is empty: the 2D prior (guidance.prior_2d='sd') needs "
-                     "a text prompt (--config.prompt=...)")
-  return stable_diffusion.make_stable_diffusion_prior(
-      store.stable_diffusion(), cfg.prompt, guidance_scale=g.sd_guidance_scale,
-      perp_neg=g.sd_perp_neg, negative_prompt=g.negative_prompt,
-      front_threshold=g.front_threshold_deg, back_threshold=g.back_threshold_deg,
-      overhead_threshold=g.overhead_threshold_deg, render_size=g.sd_render_size,
-      cache_dir=store.cache_dir, cache=store.text_cache)
+    raise ValueError(f"config prompt is empty: the 2D prior (guidance.prior_2d={kind!r}) "
+                     "needs a text prompt (--config.prompt=...)")
+  return make(load(), cfg.prompt, perp_neg=g.sd_perp_neg, negative_prompt=g.negative_prompt,
+              front_threshold=g.front_threshold_deg, back_threshold=g.back_threshold_deg,
+              overhead_threshold=g.overhead_threshold_deg, cache_dir=store.cache_dir,
+              cache=store.text_cache, **sizes)
+
+
+def _stable_diffusion_prior(cfg, store: PriorStore):
+  g = cfg.guidance
+  return _text_prior(cfg, store, "sd", stable_diffusion.make_stable_diffusion_prior,
+                     store.stable_diffusion, guidance_scale=g.sd_guidance_scale,
+                     render_size=g.sd_render_size)
 
 
 def _deepfloyd_prior(cfg, store: PriorStore):
   g = cfg.guidance
-  if not cfg.prompt:
-    raise ValueError("config prompt is empty: the 2D prior (guidance.prior_2d='deepfloyd') "
-                     "needs a text prompt (--config.prompt=...)")
-  return deepfloyd.make_deepfloyd_prior(
-      store.deepfloyd(), cfg.prompt, guidance_scale=g.if_guidance_scale,
-      perp_neg=g.sd_perp_neg, negative_prompt=g.negative_prompt,
-      front_threshold=g.front_threshold_deg, back_threshold=g.back_threshold_deg,
-      overhead_threshold=g.overhead_threshold_deg, resolution=g.if_render_size,
-      cache_dir=store.cache_dir, cache=store.text_cache)
+  return _text_prior(cfg, store, "deepfloyd", deepfloyd.make_deepfloyd_prior,
+                     store.deepfloyd, guidance_scale=g.if_guidance_scale,
+                     resolution=g.if_render_size)
 
 
 def _zero123_prior(cfg, store: PriorStore, reference: dict):

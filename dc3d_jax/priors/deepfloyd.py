@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dc3d_jax.core.types import Camera
 from dc3d_jax.priors import noise_schedule, prompts, t5_encoder, text_cache
 from dc3d_jax.priors.models import DeepFloydModels, NoiseScheduleConfig
 
@@ -52,7 +51,7 @@ def direction_table(models: DeepFloydModels, prompt: str, negative_prompt: str =
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepFloydPrior:
+class DeepFloydPrior(prompts.ViewPromptedPrior):
   """The Prior protocol (guidance/sds.py) for IF stage I with view-dependent prompts.
 
   params: {"unet", "embeddings" [5, 77, E] rows DIRECTIONS + UNCOND} (make_deepfloyd_prior).
@@ -77,21 +76,6 @@ class DeepFloydPrior:
     b, _, _, c = images.shape
     size = (b, self.resolution, self.resolution, c)
     return 2.0 * jax.image.resize(images, size, "bilinear", antialias=False) - 1.0
-
-  def condition(self, params, cameras: Camera) -> dict:
-    """[B] cameras -> prompts.view_context rows ([cond, uncond], or Perp-Neg's four)."""
-    return prompts.view_context(
-        params["embeddings"], cameras.elevation_deg, cameras.azimuth_deg,
-        perp_neg=self.perp_neg, front_threshold=self.front_threshold,
-        back_threshold=self.back_threshold, overhead_threshold=self.overhead_threshold)
-
-  def predict_noise(self, params, x_t: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
-    """[B, 64, 64, 3] x_t, [B] t -> guided ε̂; one UNet call on all k·B rows."""
-    b = x_t.shape[0]
-    k = cond["context"].shape[0] // b
-    steps = jnp.tile(jnp.broadcast_to(jnp.asarray(t), (b,)), k)
-    eps = self.raw_noise(params, jnp.tile(x_t, (k, 1, 1, 1)), steps, cond["context"])
-    return prompts.guided_noise(eps, cond, perp_neg=self.perp_neg, scale=self.guidance_scale)
 
   def raw_noise(self, params, x_t: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
     """[N, 64, 64, 3] x_t, [N] t, [N, 77, E] T5 states -> [N, 64, 64, 3] ε (x_t's dtype): the

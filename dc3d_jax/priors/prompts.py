@@ -148,3 +148,26 @@ def guided_noise(eps: jax.Array, cond: dict, *, perp_neg: bool, scale) -> jax.Ar
     return classifier_free_guidance(branches[1], branches[0], scale)
   negs = jnp.moveaxis(branches[2:], 0, 1)                      # [B, 2, ...]
   return perp_neg_combine(branches[1], branches[0], negs, cond["neg_weight"], scale)
+
+
+class ViewPromptedPrior:
+  """The condition / predict_noise half of the Prior protocol (guidance/sds.py) for a text
+  prior with view-dependent prompts (Stable Diffusion, DeepFloyd IF). The class using it has
+  the fields guidance_scale, perp_neg, front/back/overhead_threshold, params["embeddings"]
+  (the [5, L, D] table) and raw_noise(params, x_t [N, ...], t [N], context [N, L, D]) -> ε."""
+
+  def condition(self, params, cameras) -> dict:
+    """[B] cameras -> view_context rows ([cond, uncond], or Perp-Neg's four)."""
+    return view_context(params["embeddings"], cameras.elevation_deg, cameras.azimuth_deg,
+                        perp_neg=self.perp_neg, front_threshold=self.front_threshold,
+                        back_threshold=self.back_threshold,
+                        overhead_threshold=self.overhead_threshold)
+
+  def predict_noise(self, params, x_t: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
+    """[B, ...] x_t, [B] t -> guided ε̂ [B, ...]; one raw_noise call on all k·B rows."""
+    b = x_t.shape[0]
+    k = cond["context"].shape[0] // b
+    steps = jnp.tile(jnp.broadcast_to(jnp.asarray(t), (b,)), k)
+    eps = self.raw_noise(params, jnp.tile(x_t, (k,) + (1,) * (x_t.ndim - 1)), steps,
+                         cond["context"])
+    return guided_noise(eps, cond, perp_neg=self.perp_neg, scale=self.guidance_scale)

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dc3d_jax.core.types import Camera
 from dc3d_jax.priors import latents, noise_schedule, prompts, text_cache
 from dc3d_jax.priors.text_cache import TextEmbeddingCache
 from dc3d_jax.priors.models import NoiseScheduleConfig, StableDiffusionModels
@@ -55,7 +54,7 @@ def text_embeddings(models: StableDiffusionModels, texts: list, *, cache_dir=Non
 
 
 @dataclasses.dataclass(frozen=True)
-class StableDiffusionPrior:
+class StableDiffusionPrior(prompts.ViewPromptedPrior):
   """The Prior protocol (guidance/sds.py) for Stable Diffusion with view-dependent prompts.
 
   params: {"unet", "vae", "embeddings" [5, L, D] rows DIRECTIONS + UNCOND}
@@ -85,21 +84,6 @@ class StableDiffusionPrior:
     (S = render_size, f the VAE's downsampling factor)."""
     return latents.encode_renders(self.vae, params["vae"], images, key, size=self.render_size,
                                   scaling=self.vae_scaling_factor)
-
-  def condition(self, params, cameras: Camera) -> dict:
-    """[B] cameras -> prompts.view_context rows ([cond, uncond], or Perp-Neg's four)."""
-    return prompts.view_context(
-        params["embeddings"], cameras.elevation_deg, cameras.azimuth_deg,
-        perp_neg=self.perp_neg, front_threshold=self.front_threshold,
-        back_threshold=self.back_threshold, overhead_threshold=self.overhead_threshold)
-
-  def predict_noise(self, params, x_t: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
-    """[B, h, w, 4] x_t, [B] t -> guided ε̂ [B, h, w, 4]; one UNet call on all k·B rows."""
-    b = x_t.shape[0]
-    k = cond["context"].shape[0] // b
-    steps = jnp.tile(jnp.broadcast_to(jnp.asarray(t), (b,)), k)
-    eps = self.raw_noise(params, jnp.tile(x_t, (k, 1, 1, 1)), steps, cond["context"])
-    return prompts.guided_noise(eps, cond, perp_neg=self.perp_neg, scale=self.guidance_scale)
 
   def raw_noise(self, params, x_t: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
     """[N, h, w, 4] x_t, [N] t, [N, L, D] -> [N, h, w, 4] ε (float32 like x_t)."""
