@@ -37,6 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=8000, batch_size=32, lr=5e-4, warmup_steps=200, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, ema_decay=0.998, cond_drop=0.1, mirror=0.0,
       log_every=25, checkpoint_every=250, sample_every=500, keep_checkpoints=2))
+  # train.mirror: probability of training on a pair's mirror image (testbed/training.py);
+  # off, as the committed weights were trained; 1,000 steps of 0.5 did not help (RESULTS.md).
   c.eval = ml_collections.ConfigDict(dict(
       guidance_scale=3.0,
       ddim_steps=25, views=(1, 3, 5, 7, 10),        # while training: 5 of the 14 views
