@@ -13,18 +13,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-# Files that take a minute or more on the 2-core machine (`--durations` of a cold run): they
-# are collected first, and pytest.ini hands whole files to the xdist workers (--dist loadfile,
-# so no module fixture is built twice), so the two workers start on the long files and finish
-# together on the short ones.
-SLOW_FIRST = ("test_geometry_e2e.py", "test_cli_priors.py", "test_benchmarks.py",
-              "test_sharding.py", "test_run_contract.py", "test_bsd_testbed.py",
-              "test_texture.py", "test_coarse_neus.py", "test_precision.py", "test_geometry.py")
-
-
 def pytest_collection_modifyitems(config, items):
-  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))   # stable
   if any(d.platform == "gpu" for d in jax.devices()):
     return
   skip = pytest.mark.skip(reason="needs a GPU")
