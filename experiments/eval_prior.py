@@ -72,15 +72,13 @@ def main(argv):
     arch, params, step, cfg = checkpoint_weights(Path(_RUN_DIR.value))
     card = {"steps": step, "config": cfg.to_dict()}
     cache = Path(_CACHE.value or cfg.cache_dir or Path(_RUN_DIR.value) / "cache")
-    settings = dataset.RenderSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in cfg.data.items()})
+    settings, _ = dataset.from_config(cfg.data)
   else:
     model = testbed.load_model(_WEIGHTS.value)
     arch, params, card = model.arch, model.params, dict(model.card)
     cache = Path(_CACHE.value or Path(_WEIGHTS.value).parent / "cache")
     data_cfg = card.get("config", {}).get("data", {"resolution": arch.resolution})
-    settings = dataset.RenderSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in data_cfg.items()})
+    settings, _ = dataset.from_config(data_cfg)
   heldout = dataset.cached_npz(cache / f"heldout-{settings.key(catalog.HELD_OUT)}.npz",
                                lambda: dataset.build_heldout_set(settings))
   result, samples = evaluation.evaluate(

@@ -22,11 +22,10 @@ WEIGHTS_NAME = "testbed_prior.safetensors"
 def load_data(cfg):
   """(training set, held-out set), rendered once into the cache dir."""
   from dc3d_jax.testbed import catalog, dataset
-  settings = dataset.RenderSettings(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                                       for k, v in cfg.data.items()})
+  settings, names = dataset.from_config(cfg.data)
   cache = Path(cfg.cache_dir or Path(cfg.run_dir) / "cache")
   root = cfg.assets_dir or None
-  train = dataset.load_or_build(cache, settings, root=root,
+  train = dataset.load_or_build(cache, settings, names, root=root,
                                 progress=lambda n: logging.info("rendered %s", n))
   heldout = dataset.cached_npz(cache / f"heldout-{settings.key(catalog.HELD_OUT)}.npz",
                     lambda: dataset.build_heldout_set(settings, root=root))

@@ -152,12 +152,21 @@ SKIPPED = {
 }
 
 
+# Generated training objects (procedural.py) are named PROCEDURAL_PREFIX + digits.
+PROCEDURAL_PREFIX = "proc-"
+
+
+def is_procedural(name: str) -> bool:
+  return name.startswith(PROCEDURAL_PREFIX) and name[len(PROCEDURAL_PREFIX):].isdigit()
+
+
 def check_training_names(names) -> tuple:
-  """The names, if every one is a known object outside HELD_OUT; else ValueError."""
+  """The names, if every one is a known object outside HELD_OUT or a generated object; else
+  ValueError."""
   names = tuple(names)
-  unknown = sorted(set(names) - set(OBJECTS))
+  unknown = sorted(n for n in set(names) - set(OBJECTS) if not is_procedural(n))
   held = sorted(set(names) & set(HELD_OUT))
   if unknown or held:
     raise ValueError(f"testbed training objects: unknown {unknown}, held out {held}; training "
-                     "may only use catalog.TRAIN")
+                     "may only use catalog.TRAIN and generated objects (proc-NNNN)")
   return names

@@ -1,6 +1,7 @@
 """Training and held-out render sets of the testbed (issue 10), cached once as .npz.
 
-Training set: for each object of catalog.TRAIN, `instances` placements (yaw ψ about Z,
+Training set: for each object of catalog.TRAIN (and any generated objects, procedural.py),
+`instances` placements (yaw ψ about Z,
 reference elevation e_ref; instance 0 is the catalog front at e_ref = 0, half the others keep
 e_ref = 0 as the pipeline does, the rest draw e_ref ~ U[-10°, 30°]). Each placement is framed
 for its reference view (render.place: 90% fill, centred) and rendered from that view and from
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dc3d_jax.io import writers
-from dc3d_jax.testbed import catalog, objects, render
+from dc3d_jax.testbed import catalog, objects, procedural, render
 
 EVAL_AZIMUTHS_DEG = (45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
 EVAL_ELEVATIONS_DEG = (0.0, 30.0)
@@ -42,6 +43,15 @@ class RenderSettings:
   def key(self, names) -> str:
     text = json.dumps([DATA_VERSION, dataclasses.asdict(self), list(names)], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def from_config(data) -> tuple[RenderSettings, tuple]:
+  """A config's `data` section -> (render settings, training object names): catalog.TRAIN
+  plus `data.procedural` generated objects (procedural.py; absent or 0: none)."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+            for k, v in dict(data).items() if k != "procedural"}
+  count = int(dict(data).get("procedural", 0))
+  return RenderSettings(**fields), catalog.TRAIN + procedural.names(count)
 
 
 def _to_uint8(rgba: np.ndarray) -> np.ndarray:
@@ -88,14 +98,15 @@ def render_object(obj: render.ObjectModel, settings: RenderSettings) -> dict:
 
 def build_training_set(settings: RenderSettings, names=catalog.TRAIN, root=None,
                        cache_dir=None, progress=None) -> dict:
-  """Renders every training object (each cached as cache_dir/<key>/<name>.npz when a cache
-  dir is given, so an interrupted build resumes). Refuses held-out names before reading any
-  mesh."""
+  """Renders every training object (each cached as cache_dir/objects-<key>/<name>.npz when a
+  cache dir is given, keyed by the render settings alone: an interrupted build resumes, and a
+  set that adds objects renders only the new ones). Refuses held-out names before reading
+  any mesh."""
   names = catalog.check_training_names(names)
   parts = []
   for name in names:
     parts.append(cached_npz(None if cache_dir is None else
-                         Path(cache_dir) / settings.key(names) / f"{name}.npz",
+                         Path(cache_dir) / f"objects-{settings.key(())}" / f"{name}.npz",
                          lambda: render_object(objects.load_object(name, root), settings)))
     if progress is not None:
       progress(name)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dc3d_jax.errors import AssetError
 from dc3d_jax.geometry import primitives
-from dc3d_jax.testbed import albedo, catalog, meshes, render
+from dc3d_jax.testbed import albedo, catalog, meshes, procedural, render
 from dc3d_jax.testbed.render import ObjectModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "testbed"
@@ -54,7 +54,10 @@ def prepare_mesh(name: str, vertices: np.ndarray, faces: np.ndarray,
 
 
 def load_object(name: str, root: Path | None = None) -> ObjectModel:
-  """The catalog object `name`, upright (Z-up, front towards +X), ready to place and render."""
+  """The catalog object `name` (or a generated "proc-NNNN", procedural.py), upright (Z-up,
+  front towards +X), ready to place and render."""
+  if catalog.is_procedural(name):
+    return procedural.generate(name)
   if name not in catalog.OBJECTS:
     raise KeyError(f"unknown testbed object {name!r}; see dc3d_jax/testbed/catalog.py")
   entry = catalog.OBJECTS[name]
