@@ -65,17 +65,18 @@ def jax_step(model: str, dtype):
     vae = FlaxAutoencoderKL(**SD_VAE, dtype=dtype)
     params = {"unet": random_params(unet, dtype), "vae": random_params(vae, dtype, 1)}
   schedule = NoiseScheduleConfig()
+  latent = setup["render"] // 8              # the SD VAE downsamples by 8
   if model == "sd":
     prior = StableDiffusionPrior(unet=unet, vae=vae, schedule=schedule, perp_neg=False,
-                                 guidance_scale=100.0, render_size=512)
+                                 guidance_scale=100.0, render_size=setup["render"])
     params["embeddings"] = jnp.asarray(np.random.default_rng(2).standard_normal(
         (5,) + setup["context"], np.float32), dtype)
   else:
-    prior = Zero123Prior(unet=unet, vae=vae, schedule=schedule, render_size=256)
+    prior = Zero123Prior(unet=unet, vae=vae, schedule=schedule, render_size=setup["render"])
     d = setup["context"][1]
     params["cc_projection"] = {"kernel": jnp.zeros((d + 4, d), dtype), "bias": jnp.zeros(d, dtype)}
     params["clip_embedding"] = jnp.zeros((1, 1, d), dtype)
-    params["ref_latent"] = jnp.zeros((1, 32, 32, 4), dtype)
+    params["ref_latent"] = jnp.zeros((1, latent, latent, 4), dtype)
   guidance = SDSGuidance(prior=prior, t_min=(0.02,), t_max=(0.98,))
   camera = cameras.make_camera(jnp.zeros(1), jnp.zeros(1) + 30.0, 3.8, 20.0, 8, 8)
   # Weights are an argument, as in training (closed over, XLA would bake in GBs of constants).
@@ -97,7 +98,8 @@ def torch_step(model: str, dtype_name: str):
   images = torch.full((1, 3, setup["render"], setup["render"]), 0.5, device=device,
                       dtype=dtype, requires_grad=True)
   context = torch.randn((2,) + setup["context"], device=device, dtype=dtype)
-  concat = torch.zeros(2, 4, 32, 32, device=device, dtype=dtype)
+  latent = setup["render"] // 8
+  concat = torch.zeros(2, 4, latent, latent, device=device, dtype=dtype)
 
   def step():
     latents = vae.encode(images * 2 - 1).latent_dist.sample() * 0.18215

@@ -53,7 +53,7 @@ def test_sds_step_benchmark_runs_both_models_and_torch(tmp_path, monkeypatch):
                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
   tiny_vae = dict(sds_step.SD_VAE, layers_per_block=1, block_out_channels=(32, 32, 32, 32))
   setups = {"sd": dict(unet=tiny_unet, render=64, context=(77, 32)),   # 8x8 latents
-            "zero123": dict(unet=dict(tiny_unet, in_channels=8), render=256, context=(1, 32))}
+            "zero123": dict(unet=dict(tiny_unet, in_channels=8), render=64, context=(1, 32))}
   monkeypatch.setattr(sds_step, "SETUPS", setups)
   monkeypatch.setattr(sds_step, "SD_VAE", tiny_vae)
   for model in ("sd", "zero123"):
