@@ -22,7 +22,7 @@ demo: $(STAMP) assets
 	$(VENV)/bin/python -m experiments.run --config=configs/demo.py
 
 test: $(STAMP) assets
-	$(VENV)/bin/python -m pytest -n 2   # two workers (pytest-xdist): the machine has two cores
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup   # two workers (two cores); tests/conftest.py groups shared fixtures
 
 clean-venv:
 	rm -rf $(VENV)

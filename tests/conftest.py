@@ -13,7 +13,30 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+# Modules whose tests share an expensive session- or module-scoped fixture. `make test` runs
+# `-n 2 --dist loadgroup`: each group's tests run on one worker, so the fixture is built once
+# (xdist's default scheduling split them, and both workers built conftest.stage_chain, ~50 s
+# each), and the groups go first so that no long group is left for the end.
+FIXTURE_GROUPS = {
+    "test_coarse_neus.py": "stage_chain", "test_geometry.py": "stage_chain",
+    "test_geometry_e2e.py": "e2e_chain", "test_cli_priors.py": "cli_models",
+    "test_precision.py": "precision_models", "test_sd_guidance.py": "sd_models",
+}
+
+
+def _group_shared_fixtures(items):
+  grouped = []
+  for item in items:
+    group = FIXTURE_GROUPS.get(item.path.name)
+    if group is not None:
+      item.add_marker(pytest.mark.xdist_group(group))
+      grouped.append(item)
+  rest = [item for item in items if item.path.name not in FIXTURE_GROUPS]
+  items[:] = grouped + rest
+
+
 def pytest_collection_modifyitems(config, items):
+  _group_shared_fixtures(items)
   if any(d.platform == "gpu" for d in jax.devices()):
     return
   skip = pytest.mark.skip(reason="needs a GPU")
