@@ -21,6 +21,8 @@ FIXTURE_GROUPS = {
     "test_coarse_neus.py": "stage_chain", "test_geometry.py": "stage_chain",
     "test_geometry_e2e.py": "e2e_chain", "test_cli_priors.py": "cli_models",
     "test_precision.py": "precision_models", "test_sd_guidance.py": "sd_models",
+    "test_texture.py": "texture_stage", "test_coarse_nerf.py": "nerf_stage",
+    "test_run_contract.py": "run_history",
 }
 
 
