@@ -16,7 +16,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # Modules whose tests share an expensive session- or module-scoped fixture. `make test` runs
 # `-n 2 --dist loadgroup`: each group's tests run on one worker, so the fixture is built once
 # (xdist's default scheduling split them, and both workers built conftest.stage_chain, ~50 s
-# each), and the groups go first so that no long group is left for the end.
+# each); every other test is its own unit, as with `--dist load`.
 FIXTURE_GROUPS = {
     "test_coarse_neus.py": "stage_chain", "test_geometry.py": "stage_chain",
     "test_geometry_e2e.py": "e2e_chain", "test_cli_priors.py": "cli_models",
@@ -26,19 +26,23 @@ FIXTURE_GROUPS = {
 }
 
 
-def _group_shared_fixtures(items):
-  grouped = []
-  for item in items:
-    group = FIXTURE_GROUPS.get(item.path.name)
-    if group is not None:
-      item.add_marker(pytest.mark.xdist_group(group))
-      grouped.append(item)
-  rest = [item for item in items if item.path.name not in FIXTURE_GROUPS]
-  items[:] = grouped + rest
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist loadgroup` with FIXTURE_GROUPS as the groups. xdist's own loadgroup marks a group
+  by suffixing the test's node id, which pytest 9 no longer reads back (every test then
+  became its own group); a scheduler that maps modules to groups needs no marker. xdist's
+  scope scheduling hands out the largest groups first (--loadscope-reorder, its default)."""
+  if config.getvalue("dist") != "loadgroup":
+    return None
+  from xdist.scheduler import LoadScopeScheduling
+
+  class FixtureGroupScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      return FIXTURE_GROUPS.get(nodeid.split("::")[0].rsplit("/", 1)[-1], nodeid)
+
+  return FixtureGroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-  _group_shared_fixtures(items)
   if any(d.platform == "gpu" for d in jax.devices()):
     return
   skip = pytest.mark.skip(reason="needs a GPU")
