@@ -48,9 +48,8 @@ class RenderSettings:
 def from_config(data) -> tuple[RenderSettings, tuple]:
   """A config's `data` section -> (render settings, training object names): catalog.TRAIN
   plus `data.procedural` generated objects (procedural.py; absent or 0: none)."""
-  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v
-            for k, v in dict(data).items() if k != "procedural"}
-  count = int(dict(data).get("procedural", 0))
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(data).items()}
+  count = int(fields.pop("procedural", 0))
   return RenderSettings(**fields), catalog.TRAIN + procedural.names(count)
 
 

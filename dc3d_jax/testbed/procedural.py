@@ -25,13 +25,12 @@ from dc3d_jax.geometry import primitives as P
 from dc3d_jax.testbed import albedo, catalog, meshes
 from dc3d_jax.testbed.render import ObjectModel
 
-PREFIX = catalog.PROCEDURAL_PREFIX
 _SPHERE = dict(n_lat=6, n_lon=10)    # low-poly parts: objects stay under ~1,000 faces
 _ROUND = 10
 
 
 def names(count: int) -> tuple:
-  return tuple(f"{PREFIX}{i:04d}" for i in range(count))
+  return tuple(f"{catalog.PROCEDURAL_PREFIX}{i:04d}" for i in range(count))
 
 
 class _Parts:
@@ -63,10 +62,6 @@ class _Parts:
 def _ellipsoid(center, radii, color):
   sphere = P.uv_sphere((0.0, 0.0, 0.0), 1.0, color, **_SPHERE)
   return P.translate(P.scale(sphere, radii), center)
-
-
-def _box(center, half_sizes, color):
-  return P.box(center, half_sizes, color)
 
 
 def _cone(center, radius, height, color, axis=(0.0, 0.0, 1.0)):
@@ -110,7 +105,7 @@ def _figure(parts):
   _legs(parts, (0.0,), 0.6 * tw, leg, leg, u(0.06, 0.1))
   torso = (0.0, 0.0, leg + th)
   if parts.rng.random() < 0.5:
-    parts.add(_box, center=torso, half_sizes=(td, tw, th))
+    parts.add(P.box, center=torso, half_sizes=(td, tw, th))
   else:
     parts.add(_ellipsoid, center=torso, radii=(td * 1.2, tw, th))
   arm = u(0.3, 0.5)
@@ -124,13 +119,13 @@ def _furniture(parts):
   u = parts.rng.uniform
   hx, hy, leg = u(0.3, 0.7), u(0.25, 0.6), u(0.3, 0.8)
   thick = u(0.03, 0.08)
-  parts.add(_box, center=(0.0, 0.0, leg + thick), half_sizes=(hx, hy, thick))
+  parts.add(P.box, center=(0.0, 0.0, leg + thick), half_sizes=(hx, hy, thick))
   colour = parts.colour()
   for x in (0.85 * hx, -0.85 * hx):
-    parts.mirrored(_box, (x, 0.85 * hy, leg / 2), colour, half_sizes=(0.04, 0.04, leg / 2))
+    parts.mirrored(P.box, (x, 0.85 * hy, leg / 2), colour, half_sizes=(0.04, 0.04, leg / 2))
   if parts.rng.random() < 0.5:     # a chair: a back on the -X side
     back = u(0.3, 0.7)
-    parts.add(_box, center=(-hx + thick, 0.0, leg + 2 * thick + back / 2),
+    parts.add(P.box, center=(-hx + thick, 0.0, leg + 2 * thick + back / 2),
               half_sizes=(thick, hy, back / 2))
 
 
@@ -157,8 +152,8 @@ def _vehicle(parts):
   u = parts.rng.uniform
   lx, wy, hz, wheel = u(0.5, 0.9), u(0.2, 0.35), u(0.1, 0.2), u(0.1, 0.18)
   base = wheel + hz
-  parts.add(_box, center=(0.0, 0.0, base), half_sizes=(lx, wy, hz))
-  parts.add(_box, center=(u(-0.3, 0.2) * lx, 0.0, base + hz + u(0.08, 0.2)),
+  parts.add(P.box, center=(0.0, 0.0, base), half_sizes=(lx, wy, hz))
+  parts.add(P.box, center=(u(-0.3, 0.2) * lx, 0.0, base + hz + u(0.08, 0.2)),
             half_sizes=(u(0.3, 0.6) * lx, 0.9 * wy, u(0.08, 0.2)))
   colour = parts.colour()
   for x in (0.65 * lx, -0.65 * lx):
@@ -174,25 +169,33 @@ def _cluster(parts):
     if parts.rng.random() < 0.5:
       parts.mirrored(_ellipsoid, c, radii=tuple(u(0.08, 0.25, 3)))
     else:
-      parts.mirrored(_box, c, half_sizes=tuple(u(0.06, 0.2, 3)))
+      parts.mirrored(P.box, c, half_sizes=tuple(u(0.06, 0.2, 3)))
 
 
 FAMILIES = (_animal, _figure, _furniture, _vessel, _vehicle, _cluster)
 _THREE_QUARTER = (_animal, _vehicle)
 
 
+def parts(name: str) -> tuple[list, bool]:
+  """The generated object `name` ("proc-NNNN") as its closed primitive parts (upright Z-up,
+  front towards +X, before the three-quarter turn), and whether its family takes that turn."""
+  if not catalog.is_procedural(name):
+    raise KeyError(f"{name!r} is not a generated testbed object "
+                   f"('{catalog.PROCEDURAL_PREFIX}NNNN')")
+  index = int(name[len(catalog.PROCEDURAL_PREFIX):])
+  family = FAMILIES[index % len(FAMILIES)]
+  collected = _Parts(np.random.default_rng(
+      [index, albedo.object_seed(catalog.PROCEDURAL_PREFIX)]))
+  family(collected)
+  return collected.meshes, family in _THREE_QUARTER
+
+
 def generate(name: str) -> ObjectModel:
   """The generated object `name` ("proc-NNNN"), upright Z-up, front towards +X."""
-  if not catalog.is_procedural(name):
-    raise KeyError(f"{name!r} is not a generated testbed object ('{PREFIX}NNNN')")
-  index = int(name[len(PREFIX):])
-  rng = np.random.default_rng([index, albedo.object_seed(PREFIX)])
-  family = FAMILIES[index % len(FAMILIES)]
-  parts = _Parts(rng)
-  family(parts)
-  mesh = P.concatenate(parts.meshes)
+  part_meshes, three_quarter = parts(name)
+  mesh = P.concatenate(part_meshes)
   v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
-  if family in _THREE_QUARTER:
+  if three_quarter:
     v = meshes.rotate(v, (("z", -45.0),))
   shade = albedo.shading(meshes.vertex_normals(v, f))
   attr = np.asarray(mesh.colors)[f] * shade[f][..., None]
