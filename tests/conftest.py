@@ -3,7 +3,16 @@
 import os
 from pathlib import Path
 
-import jax
+# XLA's CPU backend with its older elemental fusion emitters instead of the MLIR fusion
+# emitters: the suite is compile-bound (tiny shapes, hundreds of distinct jits), and these
+# compile faster: 122-126 -> 85-91 s cold for the coarse/NeuS step benchmarks + test_coarse_nerf.py
+# (docs/ARCHITECTURE.md "Tests"). Runs outside the tests keep XLA's default (their long step
+# loops are not faster this way: benchmarks/results/xla_fusion_emitters_ab_cpu.json). Set
+# before jax is imported; subprocesses the tests start inherit it.
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

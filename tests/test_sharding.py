@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT
+from conftest import ROOT, TEST_XLA_FLAGS
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -58,7 +58,8 @@ LOSS_RTOL = 1e-6
 
 
 def test_two_devices_match_one_device():
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/usr/bin:/bin",
+  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}",
+         "PATH": "/usr/bin:/bin",
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
