@@ -4,7 +4,14 @@ Symbols. A vertex k of a triangle has NDC position v_k = clip_k.xy / w_k. Edge f
   e_k(p) = (v_{k+2} - v_{k+1}) × (p - v_{k+1}),   A = (v_1 - v_0) × (v_2 - v_0),
 so b_k = e_k / A is the screen-space barycentric weight of vertex k. Edges are sign-folded
 (multiplied by sign A) so that 'inside' is e_k ≥ 0 for either winding, and
-weight_k = 1 / (w_k |A|) turns a folded e_k into b_k / w_k. 1/w is affine in screen space:
+weight_k = 1 / (w_k |A|) turns a folded e_k into b_k / w_k.
+
+Watertight shared edges: e_k is evaluated from the edge's lexicographically smaller endpoint
+(by x, then y), whichever of v_{k+1}, v_{k+2} that is, and negated when it is v_{k+2}. Two
+triangles sharing an edge then compute the same float value for it (with opposite signs;
+negation is exact in IEEE arithmetic), so a pixel centre on the edge is inside at least one
+of them. Evaluated from each triangle's own start vertex, rounding could put such a centre
+outside both (a crack; tests/test_rasterize.py has a fan where it did). 1/w is affine in screen space:
 1/w(p) = Σ b_k / w_k; the nearest covering triangle has the largest 1/w.
 
 No clipping: a triangle with any vertex in front of the near plane (clip z < -w) or at
@@ -21,8 +28,9 @@ def setup(clip: jax.Array, faces: jax.Array) -> dict:
   """clip [V, 4], faces [F, 3] -> dict of [3, F] arrays (vertex/edge k first) and valid [F].
 
   Edge-major layout because the pixel × triangle inner loops then run over a contiguous
-  triangle axis (a trailing axis of 3 was ~30x slower on CPU). Keys: x1, y1 (v_{k+1}), dx, dy
-  (folded v_{k+2} - v_{k+1}), weight, x, y (NDC vertices), valid.
+  triangle axis (a trailing axis of 3 was ~30x slower on CPU). Keys: x1, y1 (edge k's base:
+  the smaller of v_{k+1}, v_{k+2}), dx, dy (folded other endpoint - base, negated when the
+  base is v_{k+2}: e_k as defined above), weight, x, y (NDC vertices), valid.
   """
   v = jnp.moveaxis(clip[faces], 1, 0)                 # [3, F, 4]
   w = v[..., 3]
@@ -35,7 +43,11 @@ def setup(clip: jax.Array, faces: jax.Array) -> dict:
   valid = in_front & (jnp.abs(area) > 1e-20)
   sign = jnp.where(area < 0.0, -1.0, 1.0)
   abs_area = jnp.where(valid, jnp.abs(area), 1.0)
-  return dict(x1=x1, y1=y1, dx=sign * (x2 - x1), dy=sign * (y2 - y1),
+  swap = (x2 < x1) | ((x2 == x1) & (y2 < y1))                # base = v_{k+2}
+  bx, by = jnp.where(swap, x2, x1), jnp.where(swap, y2, y1)
+  ox, oy = jnp.where(swap, x1, x2), jnp.where(swap, y1, y2)
+  fold = jnp.where(swap, -sign, sign)
+  return dict(x1=bx, y1=by, dx=fold * (ox - bx), dy=fold * (oy - by),
               weight=1.0 / (w_safe * abs_area), x=x, y=y, valid=valid)
 
 
