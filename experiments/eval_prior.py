@@ -29,6 +29,9 @@ _CACHE = flags.DEFINE_string("cache_dir", "", "held-out renders cache (default: 
 _STEPS = flags.DEFINE_integer("ddim_steps", 50, "DDIM steps")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "sampling seeds")
 _SCALE = flags.DEFINE_float("guidance_scale", 3.0, "classifier-free guidance scale")
+_OBJECTS = flags.DEFINE_list(
+    "objects", [], "score these testbed objects instead of catalog.HELD_OUT, e.g. generated "
+    "ones a run never trained on (proc-0400,...) as a validation set for choosing settings")
 
 
 def checkpoint_weights(run_dir: Path):
@@ -51,6 +54,8 @@ def checkpoint_weights(run_dir: Path):
 def markdown(result: dict, label: str) -> str:
   rows = [("testbed prior (" + label + "): DDIM samples", result["prior"]),
           ("testbed prior (" + label + "): posterior mean", result["prior_mean"]),
+          *([("testbed prior (" + label + "): median of the samples", result["prior_median"])]
+            if "prior_median" in result else []),
           ("baseline: reference image", result["reference"]),
           ("baseline: reference mirrored", result["mirrored"])]
   lines = ["| prediction | novel-view PSNR (dB) | mask IoU |", "|---|---|---|"]
@@ -79,8 +84,9 @@ def main(argv):
     cache = Path(_CACHE.value or Path(_WEIGHTS.value).parent / "cache")
     data_cfg = card.get("config", {}).get("data", {"resolution": arch.resolution})
     settings, _ = dataset.from_config(data_cfg)
-  heldout = dataset.cached_npz(cache / f"heldout-{settings.key(catalog.HELD_OUT)}.npz",
-                               lambda: dataset.build_heldout_set(settings))
+  names = tuple(_OBJECTS.value) or catalog.HELD_OUT
+  heldout = dataset.cached_npz(cache / f"heldout-{settings.key(names)}.npz",
+                               lambda: dataset.build_heldout_set(settings, names))
   result, samples = evaluation.evaluate(
       params, arch, heldout, rng.root_key(0), ddim_steps=_STEPS.value,
       guidance_scale=_SCALE.value, seeds=tuple(int(s) for s in _SEEDS.value))
@@ -94,7 +100,8 @@ def main(argv):
     writers.save_png(Path(_OUT.value).with_suffix(".png"), evaluation.sample_grid(heldout,
                                                                                  samples[0]))
   if _EXPORT.value:
-    card["heldout"] = {k: result[k] for k in evaluation.CARD_KEYS}
+    card["heldout"] = {k: result[k] for k in evaluation.CARD_KEYS + ("prior_median",)
+                       if k in result}
     card["eval_command"] = result["command"]
     testbed.save_model(_EXPORT.value, arch, jax.device_get(params), card)
     writers.save_json(Path(_EXPORT.value).with_suffix(".json"), card)

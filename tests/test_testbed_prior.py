@@ -213,6 +213,34 @@ def test_evaluation_scores_samples_and_the_unguided_posterior_mean(monkeypatch):
   assert result["prior_mean"]["n"] == len(target)
 
 
+def test_median_of_three_samples_undoes_one_corrupted_sample_per_pixel(monkeypatch):
+  """Three 'samples' of each view: its ground truth with a third of the pixels corrupted
+  (white or black), a different third in each. The per-pixel median of three with at most
+  one corrupted value is the ground truth exactly, so the median row scores mask IoU 1 and
+  infinite PSNR while each sample loses both; with two seeds there is no median row."""
+  from dc3d_jax.testbed import evaluation
+  _, heldout = testbed_tiny.tiny_sets()
+  _, _, target, _ = evaluation.flat_inputs(heldout)
+  third = np.array_split(np.random.default_rng(0).permutation(target[..., 0].size), 3)
+  draws = []
+  for s in range(3):
+    sample = target[..., :3].copy().reshape(-1, 3)
+    sample[third[s]] = (s % 2) * 1.0          # seed 1 whitens its third, seeds 0, 2 blacken
+    draws.append(sample.reshape(target[..., :3].shape))
+  calls = iter(draws + [draws[0]])            # three seeds, then the posterior mean's call
+  monkeypatch.setattr(evaluation, "sample_views", lambda *a, **k: next(calls))
+  params = testbed.init_params(TINY, jax.random.key(0))
+  result, _ = evaluation.evaluate(params, TINY, heldout, jax.random.key(1), ddim_steps=2,
+                                  guidance_scale=3.0, seeds=(0, 1, 2))
+  assert result["prior_median"]["mask_iou"] == 1.0
+  assert result["prior_median"]["psnr"] == float("inf")
+  assert result["prior"]["mask_iou"] < 0.9 and np.isfinite(result["prior"]["psnr"])
+  calls = iter(draws[:2] + [draws[0]])
+  result, _ = evaluation.evaluate(params, TINY, heldout, jax.random.key(1), ddim_steps=2,
+                                  guidance_scale=3.0, seeds=(0, 1))
+  assert "prior_median" not in result
+
+
 def test_a_work_dir_made_with_other_testbed_weights_is_not_resumed(tmp_path):
   """Retrained weights at the same path would otherwise resume a run half made with the old
   ones: the provenance keeps the weights' sha256 and --check refuses the other file."""

@@ -6,7 +6,12 @@ reference image and T; one sample per (view, seed). `prior_mean` is the prior's 
 the posterior mean E[x_0 | reference, T]: its x̂_0 at t = T − 1 from pure noise without
 guidance (a one-step DDIM at CFG 1), the image that minimises expected squared error and the
 target an SDS step pulls a render towards at high t. A sample is one draw of what the view may
-be, the mean a blur of all of them, so PSNR favours the mean; both are reported. Baselines:
+be, the mean a blur of all of them, so PSNR favours the mean; both are reported. With three or
+more seeds, `prior_median` scores the per-pixel, per-channel median of a view's samples: where
+most samples put background the median is background, so its mask is close to the samples'
+per-pixel majority vote (the mask that maximises expected per-pixel agreement), which neither
+one sample (a single draw) nor the mean (a blur whose faint edges pass the foreground rule)
+gives. Baselines:
 `reference` predicts the reference image itself for every view, `mirrored` the reference
 flipped left-right.
 
@@ -31,7 +36,7 @@ from dc3d_jax.testbed import albedo
 
 
 ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
-CARD_KEYS = ROWS + ("gt_mask_agreement", "protocol")      # what a weights card keeps
+CARD_KEYS = ROWS + ("gt_mask_agreement", "protocol")      # (+ "prior_median" when scored)      # what a weights card keeps
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "ddim_steps", "guidance_scale"))
@@ -81,8 +86,8 @@ def scores(pred_rgb: np.ndarray, target_rgba: np.ndarray) -> dict:
 
 def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance_scale: float,
              seeds=(0,), views=None) -> tuple[dict, np.ndarray]:
-  """-> ({"prior", "prior_mean", "reference", "mirrored": scores, "gt_mask_agreement",
-  "per_object"}, samples [S, N·V, R, R, 3] of every seed)."""
+  """-> ({"prior", "prior_mean", "reference", "mirrored" (and "prior_median" with >= 3 seeds):
+  scores, "gt_mask_agreement", "per_object"}, samples [S, N·V, R, R, 3] of every seed)."""
   ref, pose, target, ref_rgb = flat_inputs(heldout, views)
   samples = np.stack([sample_views(params, arch, jnp.asarray(ref), pose,
                                    rng.key_for(root_key, "testbed/eval", s),
@@ -105,6 +110,8 @@ def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance
       "prior_mean": scores(mean, target),
       "reference": scores(ref_rgb, target),
       "mirrored": scores(ref_rgb[:, :, ::-1], target),
+      **({"prior_median": scores(np.median(samples, axis=0), target)} if len(seeds) >= 3
+         else {}),
       "gt_mask_agreement": float(agreement),
       "per_object": per_object,
       "protocol": {"ddim_steps": ddim_steps, "guidance_scale": guidance_scale,
