@@ -100,8 +100,7 @@ def main(argv):
     writers.save_png(Path(_OUT.value).with_suffix(".png"), evaluation.sample_grid(heldout,
                                                                                  samples[0]))
   if _EXPORT.value:
-    card["heldout"] = {k: result[k] for k in evaluation.CARD_KEYS + ("prior_median",)
-                       if k in result}
+    card["heldout"] = evaluation.card_figures(result)
     card["eval_command"] = result["command"]
     testbed.save_model(_EXPORT.value, arch, jax.device_get(params), card)
     writers.save_json(Path(_EXPORT.value).with_suffix(".json"), card)

@@ -94,7 +94,7 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   card = {"command": command, "steps": int(state.step), "config": cfg.to_dict(),
           "train_objects": [str(n) for n in train_data["names"]],
           "train_pairs": int(np.prod(train_data["elevation"].shape)),
-          "heldout": {k: figures[k] for k in evaluation.CARD_KEYS}}
+          "heldout": evaluation.card_figures(figures)}
   testbed.save_model(run_dir / WEIGHTS_NAME, settings.arch, ema, card)
   writers.save_json(run_dir / "testbed_prior.json", card)
   return card

@@ -1,14 +1,16 @@
-"""Test-wide settings: JAX's persistent compilation cache (docs/ARCHITECTURE.md "Tests"), CPU float32."""
+"""Test-wide settings: XLA's CPU flags, JAX's persistent compilation cache
+(docs/ARCHITECTURE.md "Tests"), CPU float32, the xdist fixture groups."""
 
 import os
 from pathlib import Path
 
 # XLA's CPU backend with its older elemental fusion emitters instead of the MLIR fusion
 # emitters: the suite is compile-bound (tiny shapes, hundreds of distinct jits), and these
-# compile faster: 122-126 -> 85-91 s cold for the coarse/NeuS step benchmarks + test_coarse_nerf.py
-# (docs/ARCHITECTURE.md "Tests"). Runs outside the tests keep XLA's default (their long step
-# loops are not faster this way: benchmarks/results/xla_fusion_emitters_ab_cpu.json). Set
-# before jax is imported; subprocesses the tests start inherit it.
+# compile faster: 122-126 -> 85-91 s cold for the coarse/NeuS step benchmarks and
+# test_coarse_nerf.py (docs/ARCHITECTURE.md "Tests"). Runs outside the tests keep XLA's
+# default (their long step loops are not faster this way:
+# benchmarks/results/xla_fusion_emitters_ab_cpu.json). Set before jax is imported;
+# subprocesses the tests start inherit it.
 TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 

@@ -59,8 +59,7 @@ LOSS_RTOL = 1e-6
 
 def test_two_devices_match_one_device():
   env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}",
-         "PATH": "/usr/bin:/bin",
-         "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+         "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

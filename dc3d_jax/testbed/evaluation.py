@@ -36,7 +36,12 @@ from dc3d_jax.testbed import albedo
 
 
 ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
-CARD_KEYS = ROWS + ("gt_mask_agreement", "protocol")      # (+ "prior_median" when scored)      # what a weights card keeps
+CARD_KEYS = ROWS + ("prior_median", "gt_mask_agreement", "protocol")   # what a card keeps
+
+
+def card_figures(result: dict) -> dict:
+  """The figures of an evaluate() result that a weights card keeps (prior_median if scored)."""
+  return {k: result[k] for k in CARD_KEYS if k in result}
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "ddim_steps", "guidance_scale"))

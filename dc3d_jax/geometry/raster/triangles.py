@@ -11,8 +11,10 @@ Watertight shared edges: e_k is evaluated from the edge's lexicographically smal
 triangles sharing an edge then compute the same float value for it (with opposite signs;
 negation is exact in IEEE arithmetic), so a pixel centre on the edge is inside at least one
 of them. Evaluated from each triangle's own start vertex, rounding could put such a centre
-outside both (a crack; tests/test_rasterize.py has a fan where it did). 1/w is affine in screen space:
-1/w(p) = Σ b_k / w_k; the nearest covering triangle has the largest 1/w.
+outside both (a crack; tests/test_rasterize.py has a fan where it did).
+
+1/w is affine in screen space: 1/w(p) = Σ b_k / w_k; the nearest covering triangle has the
+largest 1/w.
 
 No clipping: a triangle with any vertex in front of the near plane (clip z < -w) or at
 w ≤ 0 is invalid (never drawn); the far plane is not tested.
