@@ -11,7 +11,8 @@
 Protocol (evaluation.py): every catalog.HELD_OUT object at its catalog front, the 14 novel
 views of dataset.EVAL_VIEWS, one DDIM sample per view and seed; beside the `reference` and
 `mirrored` baselines, and the prior's one-step posterior-mean estimate (evaluation.py says
-why both). Prints the markdown table that docs/RESULTS.md carries.
+why both). Prints the markdown table that docs/RESULTS.md carries, and each prior row's paired
+difference from each baseline with a 95% interval that resamples objects (eval/stats.py).
 """
 
 import json
@@ -51,6 +52,11 @@ def checkpoint_weights(run_dir: Path):
   return settings.arch, training.params_tree(state.buffers["ema"], settings.arch), step, cfg
 
 
+def _interval(r: dict, fmt: str) -> str:
+  ci = "n/a" if r["ci95"] is None else ", ".join(format(v, "+" + fmt) for v in r["ci95"])
+  return f"{format(r['diff'], '+' + fmt)} [{ci}]"
+
+
 def markdown(result: dict, label: str) -> str:
   rows = [("testbed prior (" + label + "): DDIM samples", result["prior"]),
           ("testbed prior (" + label + "): posterior mean", result["prior_mean"]),
@@ -60,6 +66,12 @@ def markdown(result: dict, label: str) -> str:
           ("baseline: reference mirrored", result["mirrored"])]
   lines = ["| prediction | novel-view PSNR (dB) | mask IoU |", "|---|---|---|"]
   lines += [f"| {name} | {r['psnr']:.2f} | {r['mask_iou']:.3f} |" for name, r in rows]
+  lines += ["", "| paired, per view (objects resampled) | PSNR diff [95% CI] | "
+            "mask IoU diff [95% CI] | objects better (PSNR, IoU) |", "|---|---|---|---|"]
+  for pair, r in result["paired"].items():
+    p, m = r["psnr"], r["mask_iou"]
+    lines.append(f"| {pair} | {_interval(p, '.2f')} | {_interval(m, '.3f')} | "
+                 f"{p['groups_better']}, {m['groups_better']} of {m['groups']} |")
   return "\n".join(lines)
 
 

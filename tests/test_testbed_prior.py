@@ -211,6 +211,10 @@ def test_evaluation_scores_samples_and_the_unguided_posterior_mean(monkeypatch):
   assert result["prior"]["psnr"] == pytest.approx(flat(0.9), abs=1e-3)
   assert result["prior_mean"]["psnr"] == pytest.approx(flat(0.6), abs=1e-3)
   assert result["prior_mean"]["n"] == len(target)
+  per_view = [metrics.psnr(np.full_like(t, 0.6), t) for t in target]
+  np.testing.assert_allclose(result["per_view"]["prior_mean"]["psnr"], per_view, atol=1e-3)
+  ref_gap = result["paired"]["prior_mean-reference"]["psnr"]["diff"]
+  assert ref_gap == pytest.approx(flat(0.6) - result["reference"]["psnr"], abs=1e-3)
 
 
 def test_median_of_three_samples_undoes_one_corrupted_sample_per_pixel(monkeypatch):

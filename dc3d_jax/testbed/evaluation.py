@@ -20,6 +20,10 @@ IoU (eval.metrics.mask_iou). A sample has no alpha, so every mask (prediction, b
 ground truth alike) is the RGB foreground albedo.foreground (smallest channel < 0.9; the
 palette has no near-white colour); `gt_mask_agreement` reports that mask's IoU against the
 ground truth's true alpha.
+
+`per_view` keeps every row's per-view scores (the prior's averaged over its seeds) and
+`paired` compares each prior row with each baseline view by view (eval.stats, resampling
+objects), so a margin between two rows comes with its 95% interval.
 """
 
 import functools
@@ -29,14 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dc3d_jax.core import rng
-from dc3d_jax.eval import metrics
+from dc3d_jax.eval import metrics, stats
 from dc3d_jax.io import writers
 from dc3d_jax.priors import ddim, testbed
 from dc3d_jax.testbed import albedo
 
 
 ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
-CARD_KEYS = ROWS + ("prior_median", "gt_mask_agreement", "protocol")   # what a card keeps
+CARD_KEYS = ROWS + ("prior_median", "paired", "gt_mask_agreement", "protocol")   # what a card keeps
 
 
 def card_figures(result: dict) -> dict:
@@ -80,19 +84,36 @@ def flat_inputs(heldout: dict, views=None):
   return 2.0 * ref_rgb - 1.0, pose, target.astype(np.float32) / 255.0, ref_rgb
 
 
-def scores(pred_rgb: np.ndarray, target_rgba: np.ndarray) -> dict:
-  """Mean per-image PSNR and RGB-foreground mask IoU."""
+def per_image(pred_rgb: np.ndarray, target_rgba: np.ndarray) -> dict:
+  """[N] PSNR and RGB-foreground mask IoU of each image."""
   target_rgb = target_rgba[..., :3]
-  psnr = [metrics.psnr(p, t) for p, t in zip(pred_rgb, target_rgb)]
-  iou = [metrics.mask_iou(albedo.foreground(p), albedo.foreground(t))
-         for p, t in zip(pred_rgb, target_rgb)]
-  return {"psnr": float(np.mean(psnr)), "mask_iou": float(np.mean(iou)), "n": len(psnr)}
+  return {"psnr": np.array([metrics.psnr(p, t) for p, t in zip(pred_rgb, target_rgb)]),
+          "mask_iou": np.array([metrics.mask_iou(albedo.foreground(p), albedo.foreground(t))
+                                for p, t in zip(pred_rgb, target_rgb)])}
+
+
+def summary(per: dict) -> dict:
+  """Mean PSNR and mask IoU of per_image() scores."""
+  return {"psnr": float(np.mean(per["psnr"])), "mask_iou": float(np.mean(per["mask_iou"])),
+          "n": len(per["psnr"])}
+
+
+def paired(per_view: dict, groups) -> dict:
+  """Each prior row against each baseline, per metric: eval.stats.paired_difference over the
+  views, resampling objects (views of one object are not independent)."""
+  return {f"{row}-{base}": {m: stats.paired_difference(per_view[row][m], per_view[base][m],
+                                                       groups)
+                            for m in ("psnr", "mask_iou")}
+          for row in ("prior", "prior_mean", "prior_median") if row in per_view
+          for base in ("reference", "mirrored")}
 
 
 def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance_scale: float,
              seeds=(0,), views=None) -> tuple[dict, np.ndarray]:
   """-> ({"prior", "prior_mean", "reference", "mirrored" (and "prior_median" with >= 3 seeds):
-  scores, "gt_mask_agreement", "per_object"}, samples [S, N·V, R, R, 3] of every seed)."""
+  scores, "per_view" (each row's [N·V] scores; the prior's averaged over seeds), "paired"
+  (each prior row against each baseline: paired(), resampling objects),
+  "gt_mask_agreement", "per_object"}, samples [S, N·V, R, R, 3] of every seed)."""
   ref, pose, target, ref_rgb = flat_inputs(heldout, views)
   samples = np.stack([sample_views(params, arch, jnp.asarray(ref), pose,
                                    rng.key_for(root_key, "testbed/eval", s),
@@ -103,20 +124,24 @@ def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance
                       guidance_scale=1.0)
   n_obj = heldout["ref"].shape[0]
   per_view = target.shape[0] // n_obj
-  per_object = {str(name): scores(samples[:, i * per_view:(i + 1) * per_view].reshape(
-      (-1,) + samples.shape[2:]), np.tile(target[i * per_view:(i + 1) * per_view],
-                                         (len(seeds), 1, 1, 1)))
+  draws = [per_image(x, target) for x in samples]
+  per = {"prior": {m: np.mean([d[m] for d in draws], axis=0) for m in draws[0]},
+         "prior_mean": per_image(mean, target), "reference": per_image(ref_rgb, target),
+         "mirrored": per_image(ref_rgb[:, :, ::-1], target)}
+  if len(seeds) >= 3:
+    per["prior_median"] = per_image(np.median(samples, axis=0), target)
+  rows = {k: summary(v) for k, v in per.items()}
+  rows["prior"]["n"] *= len(seeds)
+  groups = np.repeat(np.arange(n_obj), per_view)
+  per_object = {str(name): summary({m: np.concatenate([d[m][groups == i] for d in draws])
+                                    for m in draws[0]})
                 for i, name in enumerate(heldout["names"])}
   agreement = np.mean([metrics.mask_iou(albedo.foreground(t[..., :3]), t[..., 3])
                        for t in target])
   result = {
-      "prior": scores(samples.reshape((-1,) + samples.shape[2:]),
-                      np.tile(target, (len(seeds), 1, 1, 1))),
-      "prior_mean": scores(mean, target),
-      "reference": scores(ref_rgb, target),
-      "mirrored": scores(ref_rgb[:, :, ::-1], target),
-      **({"prior_median": scores(np.median(samples, axis=0), target)} if len(seeds) >= 3
-         else {}),
+      **rows,
+      "per_view": {k: {m: v[m].tolist() for m in v} for k, v in per.items()},
+      "paired": paired(per, groups),
       "gt_mask_agreement": float(agreement),
       "per_object": per_object,
       "protocol": {"ddim_steps": ddim_steps, "guidance_scale": guidance_scale,
