@@ -101,7 +101,7 @@ def main(argv):
                                lambda: dataset.build_heldout_set(settings, names))
   result, samples = evaluation.evaluate(
       params, arch, heldout, rng.root_key(0), ddim_steps=_STEPS.value,
-      guidance_scale=_SCALE.value, seeds=tuple(int(s) for s in _SEEDS.value))
+      guidance_scale=_SCALE.value, seeds=tuple(int(s) for s in _SEEDS.value), progress=True)
   result["weights"] = {"steps": card.get("steps"), "source": _WEIGHTS.value or _RUN_DIR.value}
   result["command"] = " ".join(shlex.quote(a) for a in
                                ["python", "-m", "experiments.eval_prior"] + sys.argv[1:])

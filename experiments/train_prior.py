@@ -55,7 +55,7 @@ def final_evaluation(cfg, arch, params, heldout, root_key, run_dir: Path) -> dic
   from dc3d_jax.testbed import evaluation
   result, samples = evaluation.evaluate(
       params, arch, heldout, root_key, ddim_steps=cfg.eval.final_ddim_steps,
-      guidance_scale=cfg.eval.guidance_scale, seeds=tuple(cfg.eval.final_seeds))
+      guidance_scale=cfg.eval.guidance_scale, seeds=tuple(cfg.eval.final_seeds), progress=True)
   writers.save_json(run_dir / "heldout_final.json", result)
   writers.save_png(run_dir / "samples" / "final.png",
                    evaluation.sample_grid(heldout, samples[0]))

@@ -31,6 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from dc3d_jax.core import rng
 from dc3d_jax.eval import metrics, stats
@@ -40,6 +41,7 @@ from dc3d_jax.testbed import albedo
 
 
 ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
+CHUNK = 32                                                 # views per compiled sampler call
 CARD_KEYS = ROWS + ("prior_median", "paired", "gt_mask_agreement", "protocol")   # what a card keeps
 
 
@@ -57,9 +59,10 @@ def _sample(params, ref, pose, noise, *, arch, ddim_steps, guidance_scale):
 
 
 def sample_views(params, arch, ref, pose, key, *, ddim_steps: int, guidance_scale: float,
-                 chunk: int = 32) -> np.ndarray:
+                 chunk: int = CHUNK, bar=None) -> np.ndarray:
   """ref [N, R, R, 3] in [-1, 1], pose [N, 4] -> [N, R, R, 3] samples in [0, 1]. Chunks are
-  padded to `chunk` (one compiled shape); noise comes from `key` per whole batch."""
+  padded to `chunk` (one compiled shape); noise comes from `key` per whole batch. `bar`: a
+  tqdm bar advanced by one per chunk."""
   n = ref.shape[0]
   noise = jax.random.normal(key, ref.shape)
   out = []
@@ -68,6 +71,8 @@ def sample_views(params, arch, ref, pose, key, *, ddim_steps: int, guidance_scal
     x = _sample(params, ref[take], pose[take], noise[take], arch=arch, ddim_steps=ddim_steps,
                 guidance_scale=float(guidance_scale))
     out.append(np.asarray(x)[:n - s])
+    if bar is not None:
+      bar.update()
   return np.clip((np.concatenate(out) + 1.0) / 2.0, 0.0, 1.0)
 
 
@@ -109,19 +114,24 @@ def paired(per_view: dict, groups) -> dict:
 
 
 def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance_scale: float,
-             seeds=(0,), views=None) -> tuple[dict, np.ndarray]:
+             seeds=(0,), views=None, progress: bool = False) -> tuple[dict, np.ndarray]:
   """-> ({"prior", "prior_mean", "reference", "mirrored" (and "prior_median" with >= 3 seeds):
   scores, "per_view" (each row's [N·V] scores; the prior's averaged over seeds), "paired"
   (each prior row against each baseline: paired(), resampling objects),
-  "gt_mask_agreement", "per_object"}, samples [S, N·V, R, R, 3] of every seed)."""
+  "gt_mask_agreement", "per_object"}, samples [S, N·V, R, R, 3] of every seed). progress:
+  a bar over the sampled chunks (each seed's, then the posterior mean's)."""
   ref, pose, target, ref_rgb = flat_inputs(heldout, views)
-  samples = np.stack([sample_views(params, arch, jnp.asarray(ref), pose,
-                                   rng.key_for(root_key, "testbed/eval", s),
-                                   ddim_steps=ddim_steps, guidance_scale=guidance_scale)
-                      for s in seeds])
-  mean = sample_views(params, arch, jnp.asarray(ref), pose,
-                      rng.key_for(root_key, "testbed/eval", seeds[0]), ddim_steps=1,
-                      guidance_scale=1.0)
+  chunks = -(-ref.shape[0] // CHUNK)
+  with tqdm(total=chunks * (len(seeds) + 1), desc="held-out views", unit="chunk",
+            disable=not progress) as bar:
+    samples = np.stack([sample_views(params, arch, jnp.asarray(ref), pose,
+                                     rng.key_for(root_key, "testbed/eval", s),
+                                     ddim_steps=ddim_steps, guidance_scale=guidance_scale,
+                                     bar=bar)
+                        for s in seeds])
+    mean = sample_views(params, arch, jnp.asarray(ref), pose,
+                        rng.key_for(root_key, "testbed/eval", seeds[0]), ddim_steps=1,
+                        guidance_scale=1.0, bar=bar)
   n_obj = heldout["ref"].shape[0]
   per_view = target.shape[0] // n_obj
   draws = [per_image(x, target) for x in samples]
