@@ -140,11 +140,11 @@ def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance
          "mirrored": per_image(ref_rgb[:, :, ::-1], target)}
   if len(seeds) >= 3:
     per["prior_median"] = per_image(np.median(samples, axis=0), target)
-  rows = {k: summary(v) for k, v in per.items()}
-  rows["prior"]["n"] *= len(seeds)
+  pooled = {m: np.concatenate([d[m] for d in draws]) for m in draws[0]}   # every sample
+  rows = {k: summary(v) for k, v in per.items()} | {"prior": summary(pooled)}
   groups = np.repeat(np.arange(n_obj), per_view)
-  per_object = {str(name): summary({m: np.concatenate([d[m][groups == i] for d in draws])
-                                    for m in draws[0]})
+  pooled_groups = np.tile(groups, len(seeds))
+  per_object = {str(name): summary({m: v[pooled_groups == i] for m, v in pooled.items()})
                 for i, name in enumerate(heldout["names"])}
   agreement = np.mean([metrics.mask_iou(albedo.foreground(t[..., :3]), t[..., 3])
                        for t in target])
