@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.cache_dir = ""          # rendered training / held-out sets; "" = <run_dir>/cache
   c.assets_dir = ""         # "" = <repo>/assets/testbed
   c.seed = 0
+  c.init_weights = ""       # start from these weights (e.g. to fine-tune with mirror_ref)
   c.data = ml_collections.ConfigDict(dict(
       resolution=32, supersample=2, instances=10, views=9,
       elevation_range_deg=(-10.0, 45.0), ref_elevation_range_deg=(-10.0, 30.0), seed=0,
@@ -38,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # raised the posterior mean's held-out PSNR and lowered every mask IoU (RESULTS.md).
   c.model = ml_collections.ConfigDict(dict(
       resolution=32, channels=(32, 64, 96), blocks=1, attention_levels=(2,), emb_dim=256,
-      groups=8, heads=4))
+      groups=8, heads=4, mirror_ref=False))
+  # model.mirror_ref: the flipped reference as a third input (priors/testbed_unet.py).
   c.train = ml_collections.ConfigDict(dict(
       steps=8000, batch_size=32, lr=5e-4, warmup_steps=200, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, ema_decay=0.998, cond_drop=0.1, mirror=0.0,

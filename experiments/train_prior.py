@@ -85,7 +85,7 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   writers.truncate_jsonl(run_dir / "heldout.jsonl", _latest_step(run_dir))
   plan = loop.StagePlan(
       name="testbed_prior", steps=settings.steps,
-      init_state=lambda: training.init_state(settings, rng.key_for(root, "testbed/init", 0)),
+      init_state=lambda: _init_state(cfg, settings, rng.key_for(root, "testbed/init", 0)),
       step_inputs=lambda step: ("train", step_fn, data),
       samples=_eval_hook(cfg, settings, heldout, root, run_dir))
   state = loop.run(plan, run_dir, cfg.train)
@@ -98,6 +98,18 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   testbed.save_model(run_dir / WEIGHTS_NAME, settings.arch, ema, card)
   writers.save_json(run_dir / "testbed_prior.json", card)
   return card
+
+
+def _init_state(cfg, settings, key):
+  """A fresh state, or one starting from cfg.init_weights (training.widen: the same
+  architecture, or one with more input channels)."""
+  from dc3d_jax.priors import testbed
+  from dc3d_jax.testbed import training
+  if not cfg.get("init_weights"):
+    return training.init_state(settings, key)
+  start = testbed.load_model(cfg.init_weights)
+  fresh = testbed.init_params(settings.arch, key)
+  return training.init_state(settings, key, training.widen(start.params, fresh))
 
 
 def _latest_step(run_dir: Path) -> int:

@@ -285,3 +285,70 @@ def test_mirror_augmentation_flips_both_images_and_negates_the_azimuth():
   flipped = np.all(np.asarray(half) == np.asarray(x0[:, :, ::-1]), axis=(1, 2, 3))
   kept = np.all(np.asarray(half) == np.asarray(x0), axis=(1, 2, 3))
   assert np.all(flipped | kept) and 10 < flipped.sum() < 54
+
+
+def _random_inputs(arch, n=3, seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  r = arch.resolution
+  x = jax.random.normal(k[0], (n, r, r, 3))
+  ref = jax.random.uniform(k[1], (n, r, r, 3), minval=-1.0, maxval=1.0)
+  return x, jnp.array([7, 400, 990][:n]), testbed.conditioning(ref, jax.random.normal(k[2],
+                                                                                    (n, 4)))
+
+
+def _perturbed(params, seed):
+  """Every leaf moved by noise, so zero-initialised output layers do not hide the inputs."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      tree, [a + 0.2 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+
+
+def test_widening_to_the_mirror_input_keeps_the_narrow_models_outputs(tmp_path):
+  """train_prior with init_weights = a narrow model's file and model.mirror_ref on."""
+  import dataclasses
+  from dc3d_jax.testbed import training
+  narrow = _perturbed(testbed.init_params(TINY, jax.random.key(0)), 1)
+  testbed.save_model(tmp_path / "narrow.safetensors", TINY, narrow, {})
+  cfg = testbed_config.get_config("quick")
+  with cfg.unlocked():
+    cfg.init_weights = str(tmp_path / "narrow.safetensors")
+    cfg.model.mirror_ref = True
+  settings = training.Settings.from_config(cfg)
+  wide_arch = settings.arch
+  assert wide_arch == dataclasses.replace(TINY, mirror_ref=True)
+  state = train_prior._init_state(cfg, settings, jax.random.key(2))
+  wide = training.params_tree(state.params, wide_arch)
+  np.testing.assert_array_equal(state.params, state.buffers["ema"])
+  fresh = testbed.init_params(wide_arch, jax.random.key(2))
+  x, t, cond = _random_inputs(TINY)
+  np.testing.assert_array_equal(testbed.apply_v(wide, x, t, cond, wide_arch),
+                                testbed.apply_v(narrow, x, t, cond, TINY))
+  stem = wide["Conv_0"]["kernel"]
+  assert stem.shape[2] == 9 and not np.any(np.asarray(stem[:, :, 6:]))
+  # Weights of another architecture are refused with the tensor's name, not broadcast.
+  other = testbed.init_params(dataclasses.replace(TINY, channels=(8,), groups=4),
+                              jax.random.key(0))
+  with pytest.raises(ValueError, match=r"Dense_0/kernel has shape \(8, 32\)"):
+    training.widen(other, fresh)
+
+
+def test_the_mirror_input_is_the_reference_flipped_left_to_right():
+  """A stem that reads only the added channels computes lax.conv of the flipped reference."""
+  import dataclasses
+  arch = dataclasses.replace(TINY, mirror_ref=True)
+  params = testbed.init_params(arch, jax.random.key(0))
+  kernel = jax.random.normal(jax.random.key(5), params["Conv_0"]["kernel"].shape)
+  kernel = kernel.at[:, :, :6].set(0.0)
+  params = {**params, "Conv_0": {**params["Conv_0"], "kernel": kernel}}
+  x, t, cond = _random_inputs(arch)
+  from dc3d_jax.priors.testbed_unet import TestbedUNet
+  _, inter = TestbedUNet(arch).apply({"params": params}, x, t, cond["ref"], cond["pose"],
+                                     capture_intermediates=True)
+  stem_out = inter["intermediates"]["Conv_0"]["__call__"][0]
+  want = jax.lax.conv_general_dilated(
+      cond["ref"][:, :, ::-1], kernel[:, :, 6:], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["Conv_0"]["bias"]
+  np.testing.assert_allclose(stem_out, want, atol=1e-5)
+  # And the plain model's stem has the 6 channels of [x_t, reference] only.
+  assert testbed.init_params(TINY, jax.random.key(0))["Conv_0"]["kernel"].shape[2] == 6

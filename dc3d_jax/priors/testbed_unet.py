@@ -9,6 +9,12 @@ GroupNorm (adaptive GroupNorm, as in improved DDPM). Self-attention runs at the 
 `attention_levels`, where the receptive field must span the whole object: a novel view moves
 content across the image.
 
+With `mirror_ref` the reference flipped left-right is a third input (9 channels in): the
+view from behind at the reference elevation has the flipped reference's silhouette (exactly
+so for an orthographic camera), which the mirrored-reference baseline exploits; a conv stack
+can only move content across the image through its 8² attention, so this hands the network
+the flipped copy at full resolution. The unconditional branch's zero reference flips to zero.
+
 Layout NHWC. Levels halve the resolution: with resolution 32 and channels (32, 64, 96) the
 levels are 32², 16², 8² (2.2 M parameters, 0.45 GFLOP per 32² image forward).
 """
@@ -31,6 +37,7 @@ class Architecture:
   emb_dim: int = 256
   groups: int = 8
   heads: int = 4
+  mirror_ref: bool = False     # also concatenate the reference flipped left-right (below)
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -84,7 +91,8 @@ class TestbedUNet(nn.Module):
     emb = nn.Dense(a.emb_dim)(timestep_embedding(t, a.channels[0]))
     emb = nn.Dense(a.emb_dim)(nn.silu(emb))
     emb = emb + nn.Dense(a.emb_dim)(nn.silu(nn.Dense(a.emb_dim)(pose)))
-    h = nn.Conv(a.channels[0], (3, 3))(jnp.concatenate([x_t, ref], -1))
+    inputs = [x_t, ref] + ([ref[:, :, ::-1]] if a.mirror_ref else [])
+    h = nn.Conv(a.channels[0], (3, 3))(jnp.concatenate(inputs, -1))
     skips = [h]
     for level, ch in enumerate(a.channels):
       for _ in range(a.blocks):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.flatten_util import ravel_pytree
 
 from dc3d_jax.core import rng
@@ -87,8 +88,32 @@ def params_tree(flat: jax.Array, arch: Architecture) -> dict:
   return _unravel(arch)(flat)
 
 
-def init_state(settings: Settings, key) -> TrainState:
-  params = ravel_pytree(testbed.init_params(settings.arch, key))[0]
+def widen(old: dict, new: dict) -> dict:
+  """Fine-tuning start: `new` (a fresh init of a model with more input channels, e.g.
+  Architecture.mirror_ref) takes every `old` tensor; a conv kernel [kh, kw, c_in, c_out] that
+  gained input channels keeps the old ones first and zeros in the added ones, so the widened
+  model computes exactly what the old one did until training moves the new weights."""
+  def take(path, n):
+    o = traverse_util.flatten_dict(old).get(path)
+    name = "/".join(path)
+    if o is None:
+      raise ValueError(f"init weights lack {name}: not a narrower copy of this architecture")
+    if o.shape == n.shape:
+      return jnp.asarray(o, n.dtype)
+    if o.ndim == 4 and o.shape[:2] + o.shape[3:] == n.shape[:2] + n.shape[3:] \
+        and o.shape[2] < n.shape[2]:
+      return jnp.zeros(n.shape, n.dtype).at[:, :, :o.shape[2]].set(o)
+    raise ValueError(f"init weights' {name} has shape {o.shape}; this architecture's is "
+                     f"{n.shape} (only a conv's input channels may grow)")
+  flat = traverse_util.flatten_dict(new)
+  return traverse_util.unflatten_dict({k: take(k, v) for k, v in flat.items()})
+
+
+def init_state(settings: Settings, key, params: dict | None = None) -> TrainState:
+  """Fresh weights from `key`, or `params` (a pytree of this architecture) as the start."""
+  if params is None:
+    params = testbed.init_params(settings.arch, key)
+  params = ravel_pytree(params)[0]
   tx = make_optimizer(settings)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     buffers={"ema": jnp.copy(params)},
