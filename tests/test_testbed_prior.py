@@ -331,6 +331,8 @@ def test_widening_to_the_mirror_input_keeps_the_narrow_models_outputs(tmp_path):
                               jax.random.key(0))
   with pytest.raises(ValueError, match=r"Dense_0/kernel has shape \(8, 32\)"):
     training.widen(other, fresh)
+  with pytest.raises(ValueError, match="tensors this architecture lacks"):
+    training.widen({**narrow, "Conv_99": narrow["Conv_0"]}, fresh)
 
 
 def test_the_mirror_input_is_the_reference_flipped_left_to_right():

@@ -93,8 +93,10 @@ def widen(old: dict, new: dict) -> dict:
   Architecture.mirror_ref) takes every `old` tensor; a conv kernel [kh, kw, c_in, c_out] that
   gained input channels keeps the old ones first and zeros in the added ones, so the widened
   model computes exactly what the old one did until training moves the new weights."""
+  old_flat = traverse_util.flatten_dict(old)
+
   def take(path, n):
-    o = traverse_util.flatten_dict(old).get(path)
+    o = old_flat.get(path)
     name = "/".join(path)
     if o is None:
       raise ValueError(f"init weights lack {name}: not a narrower copy of this architecture")
@@ -106,6 +108,9 @@ def widen(old: dict, new: dict) -> dict:
     raise ValueError(f"init weights' {name} has shape {o.shape}; this architecture's is "
                      f"{n.shape} (only a conv's input channels may grow)")
   flat = traverse_util.flatten_dict(new)
+  extra = sorted("/".join(k) for k in set(old_flat) - set(flat))
+  if extra:
+    raise ValueError(f"init weights have tensors this architecture lacks: {extra[:3]}")
   return traverse_util.unflatten_dict({k: take(k, v) for k, v in flat.items()})
 
 
