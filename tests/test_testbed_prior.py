@@ -354,3 +354,18 @@ def test_the_mirror_input_is_the_reference_flipped_left_to_right():
   np.testing.assert_allclose(stem_out, want, atol=1e-5)
   # And the plain model's stem has the 6 channels of [x_t, reference] only.
   assert testbed.init_params(TINY, jax.random.key(0))["Conv_0"]["kernel"].shape[2] == 6
+
+
+def test_prior_input_weights_reports_each_inputs_stem_norm(tmp_path, capsys):
+  import dataclasses
+  from experiments import prior_input_weights
+  arch = dataclasses.replace(TINY, mirror_ref=True)
+  params = testbed.init_params(arch, jax.random.key(0))
+  kernel = jnp.zeros(params["Conv_0"]["kernel"].shape).at[:, :, 3:6].set(1.0)
+  params = {**params, "Conv_0": {**params["Conv_0"], "kernel": kernel}}
+  testbed.save_model(tmp_path / "m.safetensors", arch, params, {})
+  prior_input_weights.main([str(tmp_path / "m.safetensors")])
+  # 3 x 3 taps x 3 channels x 16 output channels of ones: norm sqrt(432).
+  norms = json.loads(capsys.readouterr().out)[str(tmp_path / "m.safetensors")]
+  assert norms == {"x_t": 0.0, "reference": round(math.sqrt(432), 4),
+                   "mirrored_reference": 0.0}
