@@ -71,7 +71,9 @@ quiet machine (RESULTS.md), so the three stages should take ~10 min there; under
 they exceed 20 min.
 The demo as it is now (the held-out cow, the testbed prior in every stage, BSD on it in the
 texture stage) ran in 20 min 24 s, peak RSS 5.1 GB (2026-12-01, the guidance sweep beside it at
-nice 10; stages 435 / 186 / 202 / 197 s; benchmarks/results/demo_heldout_cpu.json).
+nice 10; stages 435 / 186 / 202 / 197 s; benchmarks/results/demo_heldout_cpu.json); with the
+testbed weights trained with the mirror input (2026-12-02) in 23 min 43 s beside an
+evaluation (benchmarks/results/demo_heldout_cpu_2026-12-02_mirrorref.json).
 """
 
 from configs import dreamcraft3d
