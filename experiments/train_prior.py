@@ -108,8 +108,7 @@ def _init_state(cfg, settings, key):
   if not cfg.get("init_weights"):
     return training.init_state(settings, key)
   start = testbed.load_model(cfg.init_weights)
-  fresh = testbed.init_params(settings.arch, key)
-  return training.init_state(settings, key, training.widen(start.params, fresh))
+  return training.init_state(settings, key, training.widen(start.params, settings.arch))
 
 
 def _latest_step(run_dir: Path) -> int:

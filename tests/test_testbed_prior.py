@@ -328,9 +328,9 @@ def test_widening_to_the_mirror_input_keeps_the_narrow_models_outputs(tmp_path):
   other = testbed.init_params(dataclasses.replace(TINY, channels=(8,), groups=4),
                               jax.random.key(0))
   with pytest.raises(ValueError, match=r"init weights' \S+ has shape \(8\b.*only a conv's input"):
-    training.widen(other, wide)
+    training.widen(other, wide_arch)
   with pytest.raises(ValueError, match="tensors this architecture lacks"):
-    training.widen({**narrow, "Conv_99": narrow["Conv_0"]}, wide)
+    training.widen({**narrow, "Conv_99": narrow["Conv_0"]}, wide_arch)
 
 
 def test_the_mirror_input_is_the_reference_flipped_left_to_right():

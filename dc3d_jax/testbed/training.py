@@ -78,9 +78,15 @@ def make_optimizer(settings: Settings) -> optax.GradientTransformation:
 
 
 @functools.lru_cache(maxsize=8)
+def _param_shapes(arch: Architecture) -> dict:
+  """The UNet's parameter pytree as jax.ShapeDtypeStruct leaves (no values computed)."""
+  return jax.eval_shape(lambda: testbed.init_params(arch, jax.random.key(0)))
+
+
+@functools.lru_cache(maxsize=8)
 def _unravel(arch: Architecture):
   """Flat [P] vector -> the UNet's parameter pytree (shapes only; no values kept)."""
-  shapes = jax.eval_shape(lambda: testbed.init_params(arch, jax.random.key(0)))
+  shapes = _param_shapes(arch)
   return ravel_pytree(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes))[1]
 
 
@@ -88,12 +94,14 @@ def params_tree(flat: jax.Array, arch: Architecture) -> dict:
   return _unravel(arch)(flat)
 
 
-def widen(old: dict, new: dict) -> dict:
-  """Fine-tuning start: `new` (a fresh init of a model with more input channels, e.g.
-  Architecture.mirror_ref) takes every `old` tensor; a conv kernel [kh, kw, c_in, c_out] that
-  gained input channels keeps the old ones first and zeros in the added ones, so the widened
-  model computes exactly what the old one did until training moves the new weights."""
+def widen(old: dict, arch: Architecture) -> dict:
+  """Fine-tuning start: the parameters of `arch` (e.g. with Architecture.mirror_ref) from
+  `old`, those of a model with fewer input channels. Every tensor is taken from `old`; a conv
+  kernel [kh, kw, c_in, c_out] that gained input channels keeps the old ones first and zeros
+  in the added ones, so the widened model computes exactly what the old one did until
+  training moves the new weights."""
   old_flat = traverse_util.flatten_dict(old)
+  shapes = traverse_util.flatten_dict(_param_shapes(arch))
 
   def take(path, n):
     o = old_flat.get(path)
@@ -107,11 +115,10 @@ def widen(old: dict, new: dict) -> dict:
       return jnp.zeros(n.shape, n.dtype).at[:, :, :o.shape[2]].set(o)
     raise ValueError(f"init weights' {name} has shape {o.shape}; this architecture's is "
                      f"{n.shape} (only a conv's input channels may grow)")
-  flat = traverse_util.flatten_dict(new)
-  extra = sorted("/".join(k) for k in set(old_flat) - set(flat))
+  extra = sorted("/".join(k) for k in set(old_flat) - set(shapes))
   if extra:
     raise ValueError(f"init weights have tensors this architecture lacks: {extra[:3]}")
-  return traverse_util.unflatten_dict({k: take(k, v) for k, v in flat.items()})
+  return traverse_util.unflatten_dict({k: take(k, n) for k, n in shapes.items()})
 
 
 def init_state(settings: Settings, key, params: dict | None = None) -> TrainState:
