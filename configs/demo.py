@@ -17,8 +17,8 @@ Guided against unguided over held-out objects and seeds (docs/RESULTS.md), on th
 stage alone at 1000 steps (the variant "nerf": twelve runs must fit on a 2-core machine; each
 step-based schedule is scaled to the 1000 steps as below for 2000):
   python -m experiments.compare_guidance --config=configs/demo.py:nerf \
-      --objects=cow,bunny00,duck --seeds=0,1 --root=outputs/compare_guidance \
-      --out=benchmarks/results/heldout_guidance.json
+      --objects=cow,bunny00,duck --seeds=0,1 --root=outputs/compare_guidance_mirrorref \
+      --out=benchmarks/results/heldout_guidance_mirrorref.json
 
 Differences from configs/dreamcraft3d.py beyond the sizes below: guidance.prior_2d = "none"
 (no text-to-image model can be had here; SD needs weights) and prior_3d = "testbed".

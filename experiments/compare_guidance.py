@@ -1,7 +1,7 @@
 """Guided against unguided on ground-truth objects: the method measured where it can be.
 
   python -m experiments.compare_guidance --config=configs/demo.py:nerf \
-      --objects=cow,bunny00,duck --seeds=0,1 --out=benchmarks/results/heldout_guidance.json
+      --objects=cow,bunny00,duck --seeds=0,1 --out=benchmarks/results/heldout_guidance_mirrorref.json
 
 For every object and seed it runs the config twice through `pipeline.run`, with
 `data.object=<object>` and `seed=<seed>`:
