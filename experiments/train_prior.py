@@ -83,9 +83,11 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   data = training.device_data(train_data)
   step_fn = functools.partial(training.train_step, root_key=root, settings=settings)
   writers.truncate_jsonl(run_dir / "heldout.jsonl", _latest_step(run_dir))
+  resuming = _latest_step(run_dir) > 0
   plan = loop.StagePlan(
       name="testbed_prior", steps=settings.steps,
-      init_state=lambda: _init_state(cfg, settings, rng.key_for(root, "testbed/init", 0)),
+      init_state=lambda: _init_state(cfg, settings, rng.key_for(root, "testbed/init", 0),
+                                     resuming),
       step_inputs=lambda step: ("train", step_fn, data),
       samples=_eval_hook(cfg, settings, heldout, root, run_dir))
   state = loop.run(plan, run_dir, cfg.train)
@@ -100,12 +102,14 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   return card
 
 
-def _init_state(cfg, settings, key):
+def _init_state(cfg, settings, key, resuming: bool = False):
   """A fresh state, or one starting from cfg.init_weights (training.widen: the same
-  architecture, or one with more input channels)."""
+  architecture, or one with more input channels). A resumed run restores a checkpoint over
+  this state, so then it is only a template of the right shapes, and init_weights (which may
+  have been moved since) is not read."""
   from dc3d_jax.priors import testbed
   from dc3d_jax.testbed import training
-  if not cfg.get("init_weights"):
+  if not cfg.get("init_weights") or resuming:
     return training.init_state(settings, key)
   start = testbed.load_model(cfg.init_weights)
   return training.init_state(settings, key, training.widen(start.params, settings.arch))

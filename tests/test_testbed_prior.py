@@ -154,11 +154,18 @@ def test_loading_rejects_corrupt_or_mismatched_weights(tmp_path):
 
 
 def test_training_script_runs_resumes_and_writes_loadable_weights(tmp_path):
+  """Starts from an init_weights file, which the resumed run no longer needs."""
+  from dc3d_jax.testbed import training
   train, heldout = testbed_tiny.tiny_sets()
   cfg = testbed_config.get_config("quick")
   run = tmp_path / "run"
+  start = tmp_path / "start.safetensors"
+  arch = training.Settings.from_config(cfg).arch
+  testbed.save_model(start, arch, _perturbed(testbed.init_params(arch, jax.random.key(3)), 4),
+                     {})
   with cfg.unlocked():
     cfg.run_dir = str(run)
+    cfg.init_weights = str(start)
     cfg.train.update(steps=3, checkpoint_every=2, sample_every=2)
   card = train_prior.run(cfg, train, heldout, command="test")
   weights = run / train_prior.WEIGHTS_NAME
@@ -169,10 +176,11 @@ def test_training_script_runs_resumes_and_writes_loadable_weights(tmp_path):
   moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
                                  uninterrupted.params, init)
   assert max(jax.tree_util.tree_leaves(moved)) > 0
-  # Interrupt after step 2: drop the last checkpoint and the export, then run again.
+  # Interrupt after step 2: drop the last checkpoint, the export and the init file; run again.
   import shutil
   shutil.rmtree(run / "checkpoints" / "3")
   weights.unlink()
+  start.unlink()
   train_prior.run(cfg, train, heldout, command="test")
   resumed = testbed.load_model(weights)
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
