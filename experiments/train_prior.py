@@ -82,12 +82,12 @@ def run(cfg, train_data=None, heldout=None, command: str = "") -> dict:
   root = rng.root_key(cfg.seed)
   data = training.device_data(train_data)
   step_fn = functools.partial(training.train_step, root_key=root, settings=settings)
-  writers.truncate_jsonl(run_dir / "heldout.jsonl", _latest_step(run_dir))
-  resuming = _latest_step(run_dir) > 0
+  latest = _latest_step(run_dir)
+  writers.truncate_jsonl(run_dir / "heldout.jsonl", latest)
   plan = loop.StagePlan(
       name="testbed_prior", steps=settings.steps,
       init_state=lambda: _init_state(cfg, settings, rng.key_for(root, "testbed/init", 0),
-                                     resuming),
+                                     resuming=latest > 0),
       step_inputs=lambda step: ("train", step_fn, data),
       samples=_eval_hook(cfg, settings, heldout, root, run_dir))
   state = loop.run(plan, run_dir, cfg.train)
