@@ -55,7 +55,17 @@ def test_resume_from_a_checkpoint_keeps_rows_up_to_it(tmp_path):
   assert float(state.params["w"][0]) == 6.0   # 4 restored + 2 new steps
 
 
-def test_first_ctrl_c_finishes_the_step_checkpoints_it_and_says_how_to_resume(tmp_path):
+@pytest.fixture
+def sigint_default():
+  """SIGINT at Python's default for the test, whatever the suite inherited (a background job
+  of a non-interactive shell starts with it ignored), and put back afterwards."""
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, inherited)
+
+
+def test_first_ctrl_c_finishes_the_step_checkpoints_it_and_says_how_to_resume(tmp_path,
+                                                                             sigint_default):
   ran = []
   def on_step(step):
     ran.append(step)
@@ -71,7 +81,7 @@ def test_first_ctrl_c_finishes_the_step_checkpoints_it_and_says_how_to_resume(tm
   assert float(state.params["w"][0]) == 4.0 and [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
 
 
-def test_second_ctrl_c_aborts_at_once(tmp_path):
+def test_second_ctrl_c_aborts_at_once(tmp_path, sigint_default):
   def on_step(step):
     if step == 1:
       os.kill(os.getpid(), signal.SIGINT)
@@ -80,6 +90,16 @@ def test_second_ctrl_c_aborts_at_once(tmp_path):
   with pytest.raises(KeyboardInterrupt):
     loop.run(_plan(10, on_step), tmp_path, _train_cfg(), progress=False)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, sigint_default):
+  signal.signal(signal.SIGINT, signal.SIG_IGN)   # as under nohup or in a script's `cmd &`
+  def on_step(step):
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGINT)
+  state = loop.run(_plan(4, on_step), tmp_path, _train_cfg(), progress=False)
+  assert float(state.params["w"][0]) == 4.0   # ran to the end
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_a_log_row_merges_the_newest_metrics_of_each_step_kind(tmp_path):

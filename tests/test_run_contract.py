@@ -343,6 +343,7 @@ class History:
   checkpointed: bool        # the step reached had a checkpoint right after the interrupt
   resumed_out: str
   final_argv: list
+  handler_after: object     # the SIGINT handler once the interrupted run returned
 
 
 def _rows(wd: Path) -> list:
@@ -385,8 +386,15 @@ def history(files, tmp_path_factory) -> History:
   by the loop's handler in the main thread), then resumed to the end with more steps."""
   wd = tmp_path_factory.mktemp("history") / "run"
   argv = [*TINY, f"--config.workdir={wd}", f"--config.data.image={files['good']}"]
-  code, err = _interrupted_run(argv + [f"--config.coarse_nerf.train.steps={LONG}",
-                                       "--config.coarse_nerf.train.checkpoint_every=1000"], wd)
+  # SIGINT at Python's default for the run (the suite may have inherited it ignored, as a
+  # background job of a non-interactive shell does), then put back.
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    code, err = _interrupted_run(argv + [f"--config.coarse_nerf.train.steps={LONG}",
+                                         "--config.coarse_nerf.train.checkpoint_every=1000"], wd)
+    handler_after = signal.getsignal(signal.SIGINT)
+  finally:
+    signal.signal(signal.SIGINT, inherited)
   rows = _rows(wd)
   stopped = max(rows)
   checkpointed = (wd / "coarse_nerf" / "checkpoints" / str(stopped)).is_dir()
@@ -394,7 +402,8 @@ def history(files, tmp_path_factory) -> History:
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     assert run.main(final) == 0
-  return History(wd, code, err, stopped, rows, checkpointed, out.getvalue(), final)
+  return History(wd, code, err, stopped, rows, checkpointed, out.getvalue(), final,
+                 handler_after)
 
 
 def test_sigint_checkpoints_the_step_reached_and_says_how_to_resume(history):
@@ -406,7 +415,7 @@ def test_sigint_checkpoints_the_step_reached_and_says_how_to_resume(history):
                    f"same command to resume from step {n}"], history.stderr[-3000:]
   assert history.checkpointed
   assert history.rows_after_interrupt == list(range(1, n + 1))
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler removed
+  assert history.handler_after is signal.default_int_handler   # the loop's handler removed
 
 
 def test_lock_held_by_another_process_is_named(files, tmp_path, capsys):

@@ -88,8 +88,11 @@ class _StopFlag:
 
   @contextlib.contextmanager
   def installed(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield self   # signal handlers belong to the main thread; elsewhere Ctrl-C is default
+    # Signal handlers belong to the main thread; elsewhere Ctrl-C keeps its default. An
+    # ignored SIGINT (nohup, a background job of a script) stays ignored, as Python leaves it.
+    if (threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+      yield self
       return
     previous = signal.signal(signal.SIGINT, self._handle)
     try:
