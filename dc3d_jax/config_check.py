@@ -149,9 +149,10 @@ def _inputs(cfg):
                           f"guidance.oracle_object='{g.oracle_object}': use a learned prior")
   if cfg.data.object and cfg.data.object != "primitives":
     from dc3d_jax.testbed import catalog
-    if cfg.data.object not in catalog.OBJECTS:
-      yield "data.object", (f"unknown object '{cfg.data.object}': expected 'primitives' or "
-                            "one of dc3d_jax/testbed/catalog.py's OBJECTS")
+    if cfg.data.object not in catalog.OBJECTS and not catalog.is_procedural(cfg.data.object):
+      yield "data.object", (f"unknown object '{cfg.data.object}': expected 'primitives', "
+                            "one of dc3d_jax/testbed/catalog.py's OBJECTS or a generated "
+                            f"object '{catalog.PROCEDURAL_PREFIX}NNNN' (testbed/procedural.py)")
   stage0 = not cfg.data.image and not cfg.data.object and not _uses(cfg, "oracle")
   if stage0 and not cfg.prompt:
     yield "data.image", ("empty: give a reference image (--config.data.image=PATH), a prompt "

@@ -3,7 +3,8 @@
   - stage 0: no data.image but a prompt: Stable Diffusion draws it, u2netp removes the
     background, it is recentred (reference §2 preprocessing, with u2netp for carvekit);
   - a ground-truth object rendered at the reference view: data.object (the built-in
-    'primitives' or a testbed catalog object, e.g. a held-out one), or, when data.object is
+    'primitives', a testbed catalog object, e.g. a held-out one, or a generated 'proc-NNNN',
+    e.g. a validation one), or, when data.object is
     empty, the object the oracle prior knows (guidance.oracle_object). Its mesh also scores
     the run (novel views, Chamfer, F-score, volume IoU).
 `load` checks the reference in memory (nothing written: the pipeline validates every input

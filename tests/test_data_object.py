@@ -41,6 +41,7 @@ def test_held_out_object_is_rendered_as_the_testbed_frames_it(tmp_path):
 @pytest.mark.parametrize("data, guidance, match", [
     (dict(object="cow", image=__file__), {}, "either a reference image"),
     (dict(object="teapot"), {}, "unknown object 'teapot'"),
+    (dict(object="proc-04x2"), {}, "unknown object 'proc-04x2'"),
     (dict(object="cow"), dict(prior_3d="oracle"), "the oracle prior knows only"),
 ])
 def test_bad_object_settings_are_one_config_error(data, guidance, match):
@@ -55,3 +56,16 @@ def test_the_oracle_object_is_the_default_ground_truth():
   assert reference.object_name(cfg) == ""          # no prior knows an object: stage 0
   cfg.guidance.prior_2d = "oracle"
   assert reference.object_name(cfg) == "primitives"
+
+
+def test_a_generated_object_is_a_valid_ground_truth():
+  """A generated validation object ('proc-NNNN', as eval_prior's --objects takes) passes the
+  config check, and its ground truth is the generator's mesh."""
+  from dc3d_jax.testbed import procedural
+  cfg = _config(object="proc-0402")
+  pipeline.validate(cfg)
+  mesh = reference.ground_truth(cfg)
+  assert mesh is not None
+  faces = np.asarray(mesh.faces)
+  real = faces[(faces != 0).any(axis=1)]           # padding faces are (0, 0, 0)
+  assert len(real) == len(procedural.generate("proc-0402").faces)
