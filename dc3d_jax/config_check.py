@@ -36,9 +36,10 @@ def _top(stage_names) -> Section:
 DATA = Section("data", {
     "image": File("RGBA reference image; empty: data.object / the oracle's object, or stage 0 "
                   "from the prompt"),
-    "object": Text("a ground-truth object instead of an image: 'primitives' or a testbed "
-                   "catalog name (e.g. held-out 'cow'); its render is the reference and its "
-                   "mesh scores the run"),
+    "object": Text("a ground-truth object instead of an image: 'primitives', a testbed "
+                   "catalog name (e.g. held-out 'cow') or a generated 'proc-NNNN' (e.g. "
+                   "validation 'proc-0402'); its render is the reference and its mesh scores "
+                   "the run"),
     "depth": File("optional depth map (grey PNG, the image's size) for the depth_rel loss"),
     "depth_kind": Choice("data.depth's convention: depth (near = dark) or disparity "
                          "(near = bright)", options=images.DEPTH_KINDS),
