@@ -1,6 +1,7 @@
 """stages/loop.py on a plan of plain Python steps (no JIT): resume truncation of metrics.jsonl,
 Ctrl-C (a real SIGINT to this process) and the merge of alternating step kinds."""
 
+import contextlib
 import json
 import os
 import signal
@@ -55,13 +56,21 @@ def test_resume_from_a_checkpoint_keeps_rows_up_to_it(tmp_path):
   assert float(state.params["w"][0]) == 6.0   # 4 restored + 2 new steps
 
 
+@contextlib.contextmanager
+def default_sigint():
+  """SIGINT at Python's default inside, whatever the suite inherited (a background job of a
+  non-interactive shell starts with it ignored), and put back afterwards."""
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, inherited)
+
+
 @pytest.fixture
 def sigint_default():
-  """SIGINT at Python's default for the test, whatever the suite inherited (a background job
-  of a non-interactive shell starts with it ignored), and put back afterwards."""
-  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-  yield
-  signal.signal(signal.SIGINT, inherited)
+  with default_sigint():
+    yield
 
 
 def test_first_ctrl_c_finishes_the_step_checkpoints_it_and_says_how_to_resume(tmp_path,

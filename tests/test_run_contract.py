@@ -31,6 +31,7 @@ from PIL import Image
 from conftest import ROOT
 from dc3d_jax import cli, errors, pipeline, workdir
 from experiments import run
+from tests.test_loop import default_sigint
 
 TINY = [  # the reference-only tiny run of conftest.tiny_config, as flags
     "--config=configs/dreamcraft3d.py:quick", "--config.guidance.prior_2d=none",
@@ -386,15 +387,10 @@ def history(files, tmp_path_factory) -> History:
   by the loop's handler in the main thread), then resumed to the end with more steps."""
   wd = tmp_path_factory.mktemp("history") / "run"
   argv = [*TINY, f"--config.workdir={wd}", f"--config.data.image={files['good']}"]
-  # SIGINT at Python's default for the run (the suite may have inherited it ignored, as a
-  # background job of a non-interactive shell does), then put back.
-  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
+  with default_sigint():   # the suite may have inherited SIGINT ignored
     code, err = _interrupted_run(argv + [f"--config.coarse_nerf.train.steps={LONG}",
                                          "--config.coarse_nerf.train.checkpoint_every=1000"], wd)
     handler_after = signal.getsignal(signal.SIGINT)
-  finally:
-    signal.signal(signal.SIGINT, inherited)
   rows = _rows(wd)
   stopped = max(rows)
   checkpointed = (wd / "coarse_nerf" / "checkpoints" / str(stopped)).is_dir()
