@@ -5,12 +5,15 @@
 Sources (../shared/reference/assets.md §1-2), each through its ordinary client:
   Debian libcgal-demo 5.5.1-2      apt-get download; dpkg-deb's data -> usr/share/doc/
                                    libcgal-dev/data.tar.gz -> data/meshes/<name>.off
-  Debian assimp-testmodels         usr/share/assimp/models/Collada/duck.dae + duckCM.tga
-  5.2.5~ds0-1
+  Debian assimp-testmodels         usr/share/assimp/models/Collada/duck.dae + duckCM.tga,
+  5.2.5~ds0-1                      models/OBJ/spider.obj + .mtl + its 5 JPEG textures
+  PyPI pymeshlab 2025.7.post1      pip download (one manylinux wheel, 106 MB, not installed);
+                                   pymeshlab/tests/sample_meshes/bunny10k_textured.obj + .mtl
+                                   + TextureDouble_A.png
   npm @lobehub/fluent-emoji-3d     npm pack; package/assets/<codepoint>.webp (256² RGBA)
   1.1.0
 Only the files the project uses are kept: the CGAL meshes named in
-dc3d_jax/testbed/catalog.py, the duck and its texture, and EMOJI. Every kept file's sha256 is
+dc3d_jax/testbed/catalog.py, the textured models and their textures, and EMOJI. Every kept file's sha256 is
 pinned in scripts/assets_testbed.sha256.json and checked; the same table is written to
 <dest>/testbed/manifest.json. Idempotent (a complete, verified folder is left alone) and
 atomic (the folder is assembled under a temporary name and moved into place).
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +41,16 @@ CGAL_DEB = "libcgal-demo=5.5.1-2"
 ASSIMP_DEB = "assimp-testmodels=5.2.5~ds0-1"
 EMOJI_NPM = "@lobehub/fluent-emoji-3d@1.1.0"
 CGAL_DATA = "./usr/share/doc/libcgal-dev/data.tar.gz"
-ASSIMP_DIR = "./usr/share/assimp/models/Collada/"
+ASSIMP_DIR = "./usr/share/assimp/models/"
+# Data only: the wheel is unpacked, never installed, so one platform's wheel serves all.
+PYMESHLAB_WHEEL = ("pymeshlab==2025.7.post1", "--platform", "manylinux_2_35_x86_64",
+                   "--python-version", "3.11")
+PYMESHLAB_DIR = "pymeshlab-2025.7.post1.data/purelib/pymeshlab/tests/sample_meshes/"
 # Fluent 3D emoji of single objects on transparent backgrounds (image-only runs).
 EMOJI = {"1f986": "duck", "1f9f8": "teddy bear", "1f34e": "apple", "1f680": "rocket",
          "1fa91": "chair", "1f697": "car", "1f344": "mushroom", "1f335": "cactus",
          "1fad6": "teapot", "1f47e": "alien"}
+SOURCES = f"{CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}, pymeshlab 2025.7.post1 (PyPI)"
 PINNED = Path(__file__).with_name("assets_testbed.sha256.json")
 FOLDER = "testbed"
 
@@ -58,6 +67,7 @@ def wanted() -> list[str]:
   """Paths under <dest>/testbed/ that the project uses."""
   files = {e.file for e in catalog.OBJECTS.values()}
   files |= {e.texture for e in catalog.OBJECTS.values() if e.texture}
+  files |= {f for e in catalog.OBJECTS.values() for f in e.sidecars}
   return sorted(files | {f"emoji/{code}.webp" for code in EMOJI})
 
 
@@ -69,7 +79,8 @@ def _run(command: list[str], cwd: Path, what: str) -> None:
   if result.returncode != 0:
     tail = "\n  ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
     raise AssetError(f"{what}: `{' '.join(command)}` failed (exit {result.returncode}); check "
-                     f"access to the package registry (apt sources / npm registry):\n  {tail}")
+                     f"access to the package registry (apt sources / npm registry / PyPI):"
+                     f"\n  {tail}")
 
 
 def _deb_payload(deb: Path) -> tarfile.TarFile:
@@ -88,16 +99,25 @@ def _extract(archive: tarfile.TarFile, members: dict[str, Path], source: str) ->
       data = None
     if data is None:
       raise AssetError(f"{source}: has no {member}; the package changed? expected "
-                       f"{CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}")
+                       f"{SOURCES}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data.read())
 
 
+def _assimp_member(name: str) -> str:
+  """assimp/duck.dae -> its COLLADA folder; assimp/OBJ/x -> models/OBJ/x."""
+  rest = name[len("assimp/"):]
+  return ASSIMP_DIR + (rest if "/" in rest else "Collada/" + rest)
+
+
 def _download(tmp: Path, out: Path) -> None:
-  """Downloads the three packages into tmp and extracts the wanted files under out."""
+  """Downloads the four packages into tmp and extracts the wanted files under out."""
   _run(["apt-get", "download", CGAL_DEB, ASSIMP_DEB], tmp, "Debian packages")
   _run(["npm", "pack", EMOJI_NPM, "--silent", "--pack-destination", str(tmp)], tmp,
        "npm package")
+  _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--quiet", *PYMESHLAB_WHEEL, "-d", str(tmp)], tmp,
+       "PyPI wheel")
   files = wanted()
   cgal_deb, assimp_deb = (next(tmp.glob(f"{name.split('=')[0]}_*.deb"))
                           for name in (CGAL_DEB, ASSIMP_DEB))
@@ -105,8 +125,18 @@ def _download(tmp: Path, out: Path) -> None:
   with tarfile.open(fileobj=io.BytesIO(data.read())) as meshes:
     _extract(meshes, {f"data/meshes/{f[5:]}": out / f for f in files if f.startswith("cgal/")},
              cgal_deb.name)
-  _extract(_deb_payload(assimp_deb), {ASSIMP_DIR + f[7:]: out / f for f in files
+  _extract(_deb_payload(assimp_deb), {_assimp_member(f): out / f for f in files
                                       if f.startswith("assimp/")}, assimp_deb.name)
+  wheel = next(tmp.glob("pymeshlab-*.whl"))
+  with zipfile.ZipFile(wheel) as archive:
+    for f in files:
+      if f.startswith("pymeshlab/"):
+        try:
+          data = archive.read(PYMESHLAB_DIR + f[len("pymeshlab/"):])
+        except KeyError:
+          raise AssetError(f"{wheel.name}: has no {f}; expected {PYMESHLAB_WHEEL[0]}") from None
+        (out / f).parent.mkdir(parents=True, exist_ok=True)
+        (out / f).write_bytes(data)
   with tarfile.open(next(tmp.glob("*.tgz"))) as emoji:
     _extract(emoji, {f"package/assets/{f[6:]}": out / f for f in files
                      if f.startswith("emoji/")}, EMOJI_NPM)
@@ -138,12 +168,12 @@ def fetch_testbed(dest) -> str:
     bad = verify(staged, pinned)
     if bad:
       raise AssetError(f"testbed assets: sha256 mismatch for {bad[:5]} ({len(bad)} files); "
-                       f"the packages differ from {CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}")
+                       f"the packages differ from {SOURCES}")
     (staged / "manifest.json").write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
     if target.exists():  # incomplete or stale: move it aside, then swap in the new folder
       os.replace(target, tmp / "old")
     os.replace(staged, target)
-  return f"{target}: {len(pinned)} files extracted from {CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}"
+  return f"{target}: {len(pinned)} files extracted from {SOURCES}"
 
 
 def pin_current(folder: Path) -> None:

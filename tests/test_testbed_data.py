@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import trimesh
 
 import testbed_tiny
 from conftest import ROOT
@@ -19,9 +20,12 @@ import assets_testbed  # noqa: E402
 
 
 def test_split_is_disjoint_and_covers_the_catalog():
-  assert not set(catalog.TRAIN) & set(catalog.HELD_OUT)
-  assert set(catalog.TRAIN) | set(catalog.HELD_OUT) == set(catalog.OBJECTS)
+  assert not set(catalog.TRAIN) & set(catalog.NEVER_TRAIN)
+  assert set(catalog.TRAIN) | set(catalog.NEVER_TRAIN) == set(catalog.OBJECTS)
   assert "duck" in catalog.HELD_OUT and len(catalog.HELD_OUT) >= 5
+  assert set(catalog.HELD_OUT_TEXTURED) <= set(catalog.NEVER_TRAIN)
+  with pytest.raises(ValueError, match="held out"):
+    catalog.check_training_names(catalog.TRAIN[:1] + ("spider",))
   assert all(catalog.OBJECTS[n].up in catalog.UP for n in catalog.OBJECTS)
 
 
@@ -66,6 +70,71 @@ def test_read_collada_splits_vertices_at_uv_seams(tmp_path):
   np.testing.assert_allclose(v[f], [[[0, 0, 0], [1, 0, 0], [1, 1, 0]],
                                     [[0, 0, 0], [1, 1, 0], [0, 1, 0]]])
   np.testing.assert_allclose(uv[f][:, 0], [[0, 0], [0.5, 0.5]])
+
+
+def test_read_obj_reads_quads_negative_indices_and_materials(tmp_path):
+  (tmp_path / "two.mtl").write_text("newmtl a\nKd 1 1 1\nmap_Kd .\\a.png\n"
+                                    "newmtl b b\nmap_Kd sub/b.png\n")
+  (tmp_path / "two.obj").write_text(
+      "# a quad in material a, then a triangle in 'b b' by negative indices\n"
+      "mtllib two.mtl\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 1 1\n"
+      "vt 0 1\nvn 0 0 1\nf 1/1/1 2/2/1 3/3/1 4/4/1\nusemtl b b\nv 0 0 1\nvt 0.5 0.5\n"
+      "f -1/-1 -5/-2 -4/-3\n")
+  obj = meshes.read_obj(tmp_path / "two.obj")
+  np.testing.assert_array_equal(obj.faces, [[0, 1, 2], [0, 2, 3], [4, 0, 1]])
+  np.testing.assert_array_equal(obj.material, [0, 0, 1])  # before any usemtl: the first
+  np.testing.assert_allclose(obj.corner_uv[1], [[0, 0], [1, 1], [0, 1]])
+  np.testing.assert_allclose(obj.corner_uv[2], [[0.5, 0.5], [0, 1], [1, 1]])
+  assert [p.relative_to(tmp_path).as_posix() for p in obj.textures] == ["a.png", "b.png"]
+  (tmp_path / "bare.obj").write_text("mtllib two.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+  with pytest.raises(AssetError, match="without texture coordinates"):
+    meshes.read_obj(tmp_path / "bare.obj")
+
+
+def _repeating_lookup(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+  """Brute force: bilinear lookup of a texture that repeats (GL_REPEAT), texel by texel."""
+  h, w = texture.shape[:2]
+  out = np.zeros(uv.shape[:-1] + (3,))
+  for i in np.ndindex(uv.shape[:-1]):
+    x, y = uv[i][0] * w - 0.5, (1.0 - uv[i][1]) * h - 0.5
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+      weight = (1 - abs(x - x0 - dx)) * (1 - abs(y - y0 - dy))
+      out[i] += weight * texture[(y0 + dy) % h, (x0 + dx) % w]
+  return out
+
+
+def test_texture_atlas_draws_each_face_as_its_repeating_texture():
+  """Points inside faces, looked up in the atlas (clamped, render.sample_texture), equal the
+  same points looked up in their own material's texture repeated; faces straddle repeats."""
+  rng = np.random.default_rng(0)
+  tile = 8     # textures at the tile size: the atlas holds them unresampled
+  textures = [rng.random((tile, tile, 3)).astype(np.float32) for _ in range(3)]
+  corner_uv = rng.uniform(-1.5, 1.5, (30, 1, 2)) + rng.uniform(0, 0.6, (30, 3, 2))
+  material = np.arange(30) % 3
+  atlas, atlas_uv = meshes.texture_atlas(textures, corner_uv, material, tile=tile)
+  assert atlas.shape == (2 * 2 * tile, 2 * 2 * tile, 3)      # 3 cells on a 2 × 2 grid
+  weights = rng.dirichlet(np.ones(3), (30, 4))               # 4 points inside each face
+  inside = np.einsum("fpk,fkc->fpc", weights, corner_uv)
+  local = inside - np.floor(corner_uv.min(axis=1, keepdims=True))
+  away = np.all((local > 1.0 / tile) & (local < 2.0 - 1.0 / tile), axis=-1)  # off cell edges
+  got = render.sample_texture(atlas, np.einsum("fpk,fkc->fpc", weights, atlas_uv))
+  want = np.stack([_repeating_lookup(textures[m], inside[f]) for f, m in enumerate(material)])
+  assert away.sum() > 60
+  np.testing.assert_allclose(got[away], want[away], atol=1e-5)
+  with pytest.raises(AssetError, match="repeats"):
+    meshes.texture_atlas(textures, np.array([[[0.9, 0], [3.0, 0], [1, 1]]]), np.array([0]))
+
+
+def test_consistent_winding_names_the_flipped_faces():
+  sphere = trimesh.creation.icosphere(subdivisions=1)     # closed, wound outward
+  faces = np.asarray(sphere.faces, np.int64)
+  flipped = faces.copy()
+  flipped[[2, 7]] = flipped[[2, 7]][:, ::-1]
+  flags = meshes.consistent_winding(np.asarray(sphere.vertices), flipped)
+  np.testing.assert_array_equal(np.flatnonzero(flags), [2, 7])
+  inside_out = meshes.consistent_winding(np.asarray(sphere.vertices), faces[:, ::-1])
+  assert inside_out.all()                                 # closed: turned outward
 
 
 def test_decimate_meets_the_face_budget_and_keeps_the_shape():

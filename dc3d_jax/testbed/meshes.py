@@ -1,4 +1,5 @@
-"""Ground-truth meshes of the testbed: reading (OFF, a minimal COLLADA), cleaning, resizing.
+"""Ground-truth meshes of the testbed: reading (OFF, a minimal COLLADA, OBJ + MTL), cleaning,
+resizing, packing several textures into one.
 
 Symbols: V [N, 3] float64 vertex positions, F [M, 3] int64 triangle indices, UV [N, 2] texture
 coordinates (COLLADA's t axis points up: texel row = (1 - t)·H). Readers return the file's own
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
+from PIL import Image
 
 from dc3d_jax.errors import AssetError
 
@@ -87,12 +89,110 @@ def read_collada(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return positions[pairs[:, 0]], faces, uvs[pairs[:, 1]]
 
 
-def clean(mesh: TriMesh) -> TriMesh:
-  """Drops faces with repeated indices or zero area, then unreferenced vertices."""
-  v, f = mesh.vertices, mesh.faces
+@dataclasses.dataclass(frozen=True)
+class CornerTextured:
+  """An OBJ's triangles with per-corner texture coordinates: vertices [N, 3], faces [M, 3],
+  corner_uv [M, 3, 2] (t up, may leave [0, 1]: textures repeat), material [M] indexing
+  textures (paths of the materials' diffuse maps, in MTL order)."""
+  vertices: np.ndarray
+  faces: np.ndarray
+  corner_uv: np.ndarray
+  material: np.ndarray
+  textures: tuple
+
+
+def _obj_index(token: str, count: int) -> int:
+  """A 1-based (or negative, counted back from the end) OBJ index -> 0-based."""
+  i = int(token)
+  return i - 1 if i > 0 else count + i
+
+
+def _mtl_maps(path: Path) -> dict:
+  """material name -> its map_Kd file (Windows separators allowed), in file order."""
+  maps, name = {}, None
+  for line in _data_lines(path):
+    key, _, rest = line.partition(" ")
+    if key == "newmtl":
+      name = rest.strip()
+      maps[name] = None
+    elif key == "map_Kd" and name is not None:
+      maps[name] = path.parent / rest.strip().replace("\\", "/").split("/")[-1]
+  missing = [n for n, m in maps.items() if m is None]
+  if not maps or missing:
+    raise AssetError(f"{path}: every material needs a map_Kd texture (none for {missing})")
+  return maps
+
+
+def read_obj(path) -> CornerTextured:
+  """A textured Wavefront OBJ and its MTL -> CornerTextured; polygons fan-triangulated,
+  normals dropped; faces before any usemtl take the first material."""
+  path = Path(path)
+  positions, uvs, faces, corner_uv, material = [], [], [], [], []
+  maps, current = None, 0
+  for line in _data_lines(path):
+    key, *values = line.split()
+    if key == "v":
+      positions.append([float(x) for x in values[:3]])
+    elif key == "vt":
+      uvs.append([float(x) for x in values[:2]])
+    elif key == "mtllib":
+      maps = _mtl_maps(path.parent / " ".join(values))
+    elif key == "usemtl":
+      current = list(maps).index(" ".join(values))
+    elif key == "f":
+      corners = [c.split("/") for c in values]
+      if any(len(c) < 2 or not c[1] for c in corners):
+        raise AssetError(f"{path}: a face without texture coordinates ({line!r})")
+      ring = [(_obj_index(c[0], len(positions)), _obj_index(c[1], len(uvs))) for c in corners]
+      for k in range(1, len(ring) - 1):
+        tri = (ring[0], ring[k], ring[k + 1])
+        faces.append([v for v, _ in tri])
+        corner_uv.append([uvs[t] for _, t in tri])
+        material.append(current)
+  if maps is None or not faces:
+    raise AssetError(f"{path}: not a textured OBJ (no mtllib or no faces)")
+  return CornerTextured(np.array(positions, np.float64), np.array(faces, np.int64),
+                        np.array(corner_uv, np.float64), np.array(material, np.int64),
+                        tuple(maps.values()))
+
+
+def texture_atlas(textures: list, corner_uv: np.ndarray, material: np.ndarray,
+                  tile: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Packs repeating textures into one clamped texture for `render.sample_texture`.
+
+  textures: [H_i, W_i, 3] images; corner_uv [M, 3, 2]; material [M]. Each texture is resized
+  to tile² and repeated 2 × 2 in its cell of the atlas; each face's UVs are shifted by whole
+  repeats so their minimum lies in [0, 1), so a face spanning less than one repeat (checked)
+  is drawn as the repeating texture draws it. Returns (atlas [R·2·tile, C·2·tile, 3],
+  atlas corner_uv [M, 3, 2])."""
+  local = corner_uv - np.floor(corner_uv.min(axis=1, keepdims=True))
+  if local.max() >= 2.0:
+    raise AssetError(f"texture_atlas: a face spans {local.max():.2f} texture repeats (max 2)")
+  cols = int(np.ceil(np.sqrt(len(textures))))
+  rows = int(np.ceil(len(textures) / cols))
+  atlas = np.ones((rows * 2 * tile, cols * 2 * tile, 3), np.float32)
+  for i, image in enumerate(textures):
+    r, c = divmod(i, cols)
+    small = np.stack([np.asarray(Image.fromarray(np.asarray(image[..., k], np.float32))
+                                 .resize((tile, tile), Image.BILINEAR)) for k in range(3)], -1)
+    atlas[r * 2 * tile:(r + 1) * 2 * tile, c * 2 * tile:(c + 1) * 2 * tile] = \
+        np.tile(small, (2, 2, 1))
+  r, c = np.divmod(material, cols)
+  u = (c[:, None] + local[..., 0] / 2.0) / cols
+  v = 1.0 - (r[:, None] + 1.0 - local[..., 1] / 2.0) / rows
+  return atlas, np.stack([u, v], -1)
+
+
+def proper_faces(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+  """[M] bool: faces with three distinct indices and non-zero area."""
   area2 = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=-1)
   distinct = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
-  f = f[distinct & (area2 > 1e-12 * max(float(np.ptp(v, 0).max()), 1e-12) ** 2)]
+  return distinct & (area2 > 1e-12 * max(float(np.ptp(v, 0).max()), 1e-12) ** 2)
+
+
+def clean(mesh: TriMesh) -> TriMesh:
+  """Drops faces with repeated indices or zero area, then unreferenced vertices."""
+  v, f = mesh.vertices, mesh.faces[proper_faces(mesh.vertices, mesh.faces)]
   used, f = np.unique(f, return_inverse=True)
   uvs = None if mesh.uvs is None else mesh.uvs[used]
   return dataclasses.replace(mesh, vertices=v[used], faces=f.reshape(-1, 3), uvs=uvs)
@@ -169,11 +269,26 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
   return np.where(length > 0, normals / np.maximum(length, 1e-30), 0.0)
 
 
-def orient_outward(mesh: TriMesh) -> TriMesh:
-  """Makes face winding consistent and outward where trimesh can (closed components), so
-  vertex normals and baked shading are not speckled by flipped faces."""
-  tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+def _wound(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+  """trimesh's consistent (and, where closed, outward) winding of the faces."""
+  tm = trimesh.Trimesh(vertices, faces, process=False)
   trimesh.repair.fix_winding(tm)
   if tm.is_watertight:
     trimesh.repair.fix_inversion(tm)
-  return dataclasses.replace(mesh, faces=np.asarray(tm.faces, np.int64))
+  return np.asarray(tm.faces, np.int64)
+
+
+def consistent_winding(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+  """[M] bool: the faces trimesh flips to wind the mesh consistently (outward where a
+  component is closed), without reordering them (`orient_outward` for corner data)."""
+  fixed = _wound(vertices, faces)
+  if fixed.shape != faces.shape or not np.array_equal(np.sort(fixed, 1), np.sort(faces, 1)):
+    raise AssetError("consistent_winding: trimesh reordered the faces")
+  rolled = [np.roll(faces, k, axis=1) for k in range(3)]
+  return ~np.any([np.all(fixed == r, axis=1) for r in rolled], axis=0)
+
+
+def orient_outward(mesh: TriMesh) -> TriMesh:
+  """Makes face winding consistent and outward where trimesh can (closed components), so
+  vertex normals and baked shading are not speckled by flipped faces."""
+  return dataclasses.replace(mesh, faces=_wound(mesh.vertices, mesh.faces))

@@ -3,7 +3,8 @@
 Untextured meshes are cleaned, checked (catalog objects must be solids), stood upright,
 coarsened to ≤ MAX_FACES faces (vertex clustering: renders are 64² at most) or subdivided to
 ≥ MIN_FACES (so part colours form regions), wound consistently and given albedo.py's part
-colours with baked shading. The textured duck keeps its mesh and carries (u, v, shade).
+colours with baked shading. Textured objects keep their meshes and carry (u, v, shade) per
+corner: the COLLADA duck its one texture, the OBJ models one atlas of their materials' maps.
 """
 
 from pathlib import Path
@@ -28,12 +29,39 @@ def asset_path(relative: str, root: Path | None = None) -> Path:
   return path
 
 
+def _image(path: Path) -> np.ndarray:
+  return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+
+
+def _textured_obj(name: str, entry: catalog.Entry, root) -> ObjectModel:
+  """An OBJ with one or more textures: corner UVs into one atlas (meshes.texture_atlas),
+  winding made consistent for the shading normals, (u, v, shade) per corner."""
+  for sidecar in entry.sidecars:
+    asset_path(sidecar, root)
+  obj = meshes.read_obj(asset_path(entry.file, root))
+  keep = meshes.proper_faces(obj.vertices, obj.faces)
+  faces, corner_uv = obj.faces[keep], obj.corner_uv[keep]
+  flip = meshes.consistent_winding(obj.vertices, faces)
+  faces = np.where(flip[:, None], faces[:, ::-1], faces)
+  corner_uv = np.where(flip[:, None, None], corner_uv[:, ::-1], corner_uv)
+  texture, uv = meshes.texture_atlas([_image(p) for p in obj.textures], corner_uv,
+                                     obj.material[keep])
+  used, faces = np.unique(faces, return_inverse=True)
+  faces = faces.reshape(-1, 3)
+  v = meshes.rotate(obj.vertices[used], entry.rotation)
+  shade = albedo.shading(meshes.vertex_normals(v, faces))[faces]
+  attr = np.concatenate([uv, shade[..., None]], -1)
+  return ObjectModel(name=name, vertices=v, faces=faces, corner_attr=attr.astype(np.float32),
+                     texture=texture)
+
+
 def _textured(name: str, entry: catalog.Entry, root) -> ObjectModel:
+  if entry.file.endswith(".obj"):
+    return _textured_obj(name, entry, root)
   v, f, uv = meshes.read_collada(asset_path(entry.file, root))
   mesh = meshes.clean(meshes.TriMesh(v, f, uv))
   v = meshes.rotate(mesh.vertices, entry.rotation)
-  texture = np.asarray(Image.open(asset_path(entry.texture, root)).convert("RGB"),
-                       np.float32) / 255.0
+  texture = _image(asset_path(entry.texture, root))
   shade = albedo.shading(meshes.vertex_normals(v, mesh.faces))
   attr = np.concatenate([mesh.uvs, shade[:, None]], -1)[mesh.faces]
   return ObjectModel(name=name, vertices=v, faces=mesh.faces,
@@ -61,7 +89,7 @@ def load_object(name: str, root: Path | None = None) -> ObjectModel:
   if name not in catalog.OBJECTS:
     raise KeyError(f"unknown testbed object {name!r}; see dc3d_jax/testbed/catalog.py")
   entry = catalog.OBJECTS[name]
-  if entry.texture is not None:
+  if entry.texture is not None or entry.file.endswith(".obj"):
     return _textured(name, entry, root)
   v, f = meshes.read_off(asset_path(entry.file, root))
   return prepare_mesh(name, v, f, entry.rotation)
