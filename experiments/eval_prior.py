@@ -52,29 +52,6 @@ def checkpoint_weights(run_dir: Path):
   return settings.arch, training.params_tree(state.buffers["ema"], settings.arch), step, cfg
 
 
-def _interval(r: dict, fmt: str) -> str:
-  ci = "n/a" if r["ci95"] is None else ", ".join(format(v, "+" + fmt) for v in r["ci95"])
-  return f"{format(r['diff'], '+' + fmt)} [{ci}]"
-
-
-def markdown(result: dict, label: str) -> str:
-  rows = [("testbed prior (" + label + "): DDIM samples", result["prior"]),
-          ("testbed prior (" + label + "): posterior mean", result["prior_mean"]),
-          *([("testbed prior (" + label + "): median of the samples", result["prior_median"])]
-            if "prior_median" in result else []),
-          ("baseline: reference image", result["reference"]),
-          ("baseline: reference mirrored", result["mirrored"])]
-  lines = ["| prediction | novel-view PSNR (dB) | mask IoU |", "|---|---|---|"]
-  lines += [f"| {name} | {r['psnr']:.2f} | {r['mask_iou']:.3f} |" for name, r in rows]
-  lines += ["", "| paired, per view (objects resampled) | PSNR diff [95% CI] | "
-            "mask IoU diff [95% CI] | objects better (PSNR, IoU) |", "|---|---|---|---|"]
-  for pair, r in result["paired"].items():
-    p, m = r["psnr"], r["mask_iou"]
-    lines.append(f"| {pair} | {_interval(p, '.2f')} | {_interval(m, '.3f')} | "
-                 f"{p['groups_better']}, {m['groups_better']} of {m['groups']} |")
-  return "\n".join(lines)
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -105,7 +82,7 @@ def main(argv):
   result["weights"] = {"steps": card.get("steps"), "source": _WEIGHTS.value or _RUN_DIR.value}
   result["command"] = " ".join(shlex.quote(a) for a in
                                ["python", "-m", "experiments.eval_prior"] + sys.argv[1:])
-  table = markdown(result, f"{card.get('steps')} steps")
+  table = evaluation.markdown(result, f"{card.get('steps')} steps")
   print(table)
   if _OUT.value:
     writers.save_json(_OUT.value, result)

@@ -162,6 +162,30 @@ def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance
   return result, samples
 
 
+def _interval(r: dict, fmt: str) -> str:
+  ci = "n/a" if r["ci95"] is None else ", ".join(format(v, "+" + fmt) for v in r["ci95"])
+  return f"{format(r['diff'], '+' + fmt)} [{ci}]"
+
+
+def markdown(result: dict, label: str) -> str:
+  """The rows and paired differences of an evaluate() result as markdown tables."""
+  rows = [("testbed prior (" + label + "): DDIM samples", result["prior"]),
+          ("testbed prior (" + label + "): posterior mean", result["prior_mean"]),
+          *([("testbed prior (" + label + "): median of the samples", result["prior_median"])]
+            if "prior_median" in result else []),
+          ("baseline: reference image", result["reference"]),
+          ("baseline: reference mirrored", result["mirrored"])]
+  lines = ["| prediction | novel-view PSNR (dB) | mask IoU |", "|---|---|---|"]
+  lines += [f"| {name} | {r['psnr']:.2f} | {r['mask_iou']:.3f} |" for name, r in rows]
+  lines += ["", "| paired, per view (objects resampled) | PSNR diff [95% CI] | "
+            "mask IoU diff [95% CI] | objects better (PSNR, IoU) |", "|---|---|---|---|"]
+  for pair, r in result["paired"].items():
+    p, m = r["psnr"], r["mask_iou"]
+    lines.append(f"| {pair} | {_interval(p, '.2f')} | {_interval(m, '.3f')} | "
+                 f"{p['groups_better']}, {m['groups_better']} of {m['groups']} |")
+  return "\n".join(lines)
+
+
 def sample_grid(heldout: dict, samples: np.ndarray, views=None, max_objects: int = 11,
                 max_views: int = 7) -> np.ndarray:
   """Rows: per object [reference | predictions of the first views | ground truth of them]."""
