@@ -7,7 +7,7 @@ heads) is built in PyTorch, its state dict saved under that prefix in an LDM che
 the rest of the tiny Zero123 (experiments/tiny_models), loaded through
 `dc3d_jax.priors.loading.load_zero123`, and its image embeddings compared with open_clip's.
 The project's own OpenAI -> transformers mapping is thus checked against names it did not
-write (tiny_models.clip_vision_to_openai, its inverse, is not used here).
+write (tiny_ldm_keys.clip_vision_to_openai, its inverse, is not used here).
 
 open_clip (PyPI open-clip-torch, installed without its dependencies) imports torchvision at
 module import time, and PyPI's torchvision cannot load next to this machine's CPU torch.
