@@ -186,7 +186,7 @@ def markdown(result: dict, label: str) -> str:
   return "\n".join(lines)
 
 
-def sample_grid(heldout: dict, samples: np.ndarray, views=None, max_objects: int = 11,
+def sample_grid(heldout: dict, samples: np.ndarray, views=None, max_objects: int = 16,
                 max_views: int = 7) -> np.ndarray:
   """Rows: per object [reference | predictions of the first views | ground truth of them]."""
   views = np.arange(heldout["targets"].shape[1]) if views is None else np.asarray(views)
