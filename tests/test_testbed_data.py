@@ -89,6 +89,9 @@ def test_read_obj_reads_quads_negative_indices_and_materials(tmp_path):
   (tmp_path / "bare.obj").write_text("mtllib two.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
   with pytest.raises(AssetError, match="without texture coordinates"):
     meshes.read_obj(tmp_path / "bare.obj")
+  (tmp_path / "typo.obj").write_text("mtllib two.mtl\nusemtl c\nv 0 0 0\nvt 0 0\nf 1/1 1/1 1/1\n")
+  with pytest.raises(AssetError, match="names no material"):
+    meshes.read_obj(tmp_path / "typo.obj")
 
 
 def _repeating_lookup(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:

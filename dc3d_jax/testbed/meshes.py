@@ -138,7 +138,10 @@ def read_obj(path) -> CornerTextured:
     elif key == "mtllib":
       maps = _mtl_maps(path.parent / " ".join(values))
     elif key == "usemtl":
-      current = list(maps).index(" ".join(values))
+      name = " ".join(values)
+      if maps is None or name not in maps:
+        raise AssetError(f"{path}: usemtl {name!r} names no material of its mtllib")
+      current = list(maps).index(name)
     elif key == "f":
       corners = [c.split("/") for c in values]
       if any(len(c) < 2 or not c[1] for c in corners):
