@@ -13,10 +13,10 @@ Sources (../shared/reference/assets.md §1-2), each through its ordinary client:
   npm @lobehub/fluent-emoji-3d     npm pack; package/assets/<codepoint>.webp (256² RGBA)
   1.1.0
 Only the files the project uses are kept: the CGAL meshes named in
-dc3d_jax/testbed/catalog.py, the textured models and their textures, and EMOJI. Every kept file's sha256 is
-pinned in scripts/assets_testbed.sha256.json and checked; the same table is written to
-<dest>/testbed/manifest.json. Idempotent (a complete, verified folder is left alone) and
-atomic (the folder is assembled under a temporary name and moved into place).
+dc3d_jax/testbed/catalog.py, the textured models and their textures, and EMOJI. Every kept
+file's sha256 is pinned in scripts/assets_testbed.sha256.json and checked; the same table is
+written to <dest>/testbed/manifest.json. Idempotent (a complete, verified folder is left
+alone) and atomic (the folder is assembled under a temporary name and moved into place).
 """
 
 import hashlib
@@ -43,14 +43,15 @@ EMOJI_NPM = "@lobehub/fluent-emoji-3d@1.1.0"
 CGAL_DATA = "./usr/share/doc/libcgal-dev/data.tar.gz"
 ASSIMP_DIR = "./usr/share/assimp/models/"
 # Data only: the wheel is unpacked, never installed, so one platform's wheel serves all.
-PYMESHLAB_WHEEL = ("pymeshlab==2025.7.post1", "--platform", "manylinux_2_35_x86_64",
+PYMESHLAB_VERSION = "2025.7.post1"
+PYMESHLAB_WHEEL = (f"pymeshlab=={PYMESHLAB_VERSION}", "--platform", "manylinux_2_35_x86_64",
                    "--python-version", "3.11")
-PYMESHLAB_DIR = "pymeshlab-2025.7.post1.data/purelib/pymeshlab/tests/sample_meshes/"
+PYMESHLAB_DIR = f"pymeshlab-{PYMESHLAB_VERSION}.data/purelib/pymeshlab/tests/sample_meshes/"
 # Fluent 3D emoji of single objects on transparent backgrounds (image-only runs).
 EMOJI = {"1f986": "duck", "1f9f8": "teddy bear", "1f34e": "apple", "1f680": "rocket",
          "1fa91": "chair", "1f697": "car", "1f344": "mushroom", "1f335": "cactus",
          "1fad6": "teapot", "1f47e": "alien"}
-SOURCES = f"{CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}, pymeshlab 2025.7.post1 (PyPI)"
+SOURCES = f"{CGAL_DEB}, {ASSIMP_DEB}, {EMOJI_NPM}, {PYMESHLAB_WHEEL[0]} (PyPI)"
 PINNED = Path(__file__).with_name("assets_testbed.sha256.json")
 FOLDER = "testbed"
 
@@ -91,17 +92,25 @@ def _deb_payload(deb: Path) -> tarfile.TarFile:
   return tarfile.open(fileobj=io.BytesIO(result.stdout))
 
 
-def _extract(archive: tarfile.TarFile, members: dict[str, Path], source: str) -> None:
+def _member_bytes(archive, member: str) -> bytes | None:
+  """A member of a tar archive or a zip file (a wheel), or None where it has none."""
+  try:
+    if isinstance(archive, zipfile.ZipFile):
+      return archive.read(member)
+    data = archive.extractfile(member)
+  except KeyError:
+    return None
+  return None if data is None else data.read()
+
+
+def _extract(archive, members: dict[str, Path], source: str) -> None:
   for member, out in members.items():
-    try:
-      data = archive.extractfile(member)
-    except KeyError:
-      data = None
+    data = _member_bytes(archive, member)
     if data is None:
       raise AssetError(f"{source}: has no {member}; the package changed? expected "
                        f"{SOURCES}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data.read())
+    out.write_bytes(data)
 
 
 def _assimp_member(name: str) -> str:
@@ -129,14 +138,8 @@ def _download(tmp: Path, out: Path) -> None:
                                       if f.startswith("assimp/")}, assimp_deb.name)
   wheel = next(tmp.glob("pymeshlab-*.whl"))
   with zipfile.ZipFile(wheel) as archive:
-    for f in files:
-      if f.startswith("pymeshlab/"):
-        try:
-          data = archive.read(PYMESHLAB_DIR + f[len("pymeshlab/"):])
-        except KeyError:
-          raise AssetError(f"{wheel.name}: has no {f}; expected {PYMESHLAB_WHEEL[0]}") from None
-        (out / f).parent.mkdir(parents=True, exist_ok=True)
-        (out / f).write_bytes(data)
+    _extract(archive, {PYMESHLAB_DIR + f[10:]: out / f for f in files
+                       if f.startswith("pymeshlab/")}, wheel.name)
   with tarfile.open(next(tmp.glob("*.tgz"))) as emoji:
     _extract(emoji, {f"package/assets/{f[6:]}": out / f for f in files
                      if f.startswith("emoji/")}, EMOJI_NPM)

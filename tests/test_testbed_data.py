@@ -94,19 +94,6 @@ def test_read_obj_reads_quads_negative_indices_and_materials(tmp_path):
     meshes.read_obj(tmp_path / "typo.obj")
 
 
-def _repeating_lookup(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-  """Brute force: bilinear lookup of a texture that repeats (GL_REPEAT), texel by texel."""
-  h, w = texture.shape[:2]
-  out = np.zeros(uv.shape[:-1] + (3,))
-  for i in np.ndindex(uv.shape[:-1]):
-    x, y = uv[i][0] * w - 0.5, (1.0 - uv[i][1]) * h - 0.5
-    x0, y0 = int(np.floor(x)), int(np.floor(y))
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-      weight = (1 - abs(x - x0 - dx)) * (1 - abs(y - y0 - dy))
-      out[i] += weight * texture[(y0 + dy) % h, (x0 + dx) % w]
-  return out
-
-
 def test_texture_atlas_draws_each_face_as_its_repeating_texture():
   """Points inside faces, looked up in the atlas (clamped, render.sample_texture), equal the
   same points looked up in their own material's texture repeated; faces straddle repeats."""
@@ -122,7 +109,7 @@ def test_texture_atlas_draws_each_face_as_its_repeating_texture():
   local = inside - np.floor(corner_uv.min(axis=1, keepdims=True))
   away = np.all((local > 1.0 / tile) & (local < 2.0 - 1.0 / tile), axis=-1)  # off cell edges
   got = render.sample_texture(atlas, np.einsum("fpk,fkc->fpc", weights, atlas_uv))
-  want = np.stack([_repeating_lookup(textures[m], inside[f]) for f, m in enumerate(material)])
+  want = np.stack([testbed_tiny.repeating_lookup(textures[m], inside[f]) for f, m in enumerate(material)])
   assert away.sum() > 60
   np.testing.assert_allclose(got[away], want[away], atol=1e-5)
   with pytest.raises(AssetError, match="repeats"):

@@ -7,8 +7,8 @@ import pytest
 import trimesh
 from PIL import Image
 
+import testbed_tiny
 from dc3d_jax.testbed import catalog, meshes, objects, render
-from test_testbed_data import _repeating_lookup
 
 # Mean |atlas - texture| per face centroid: the atlas resamples each texture to 256² (the
 # spider's 768² wood grain loses detail there, which a 64² render never shows).
@@ -33,7 +33,7 @@ def test_atlas_colours_match_each_materials_texture(name):
   keep = meshes.proper_faces(raw.vertices, raw.faces)
   images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0 for p in raw.textures]
   centroid_uv = raw.corner_uv[keep].mean(axis=1)
-  want = np.stack([_repeating_lookup(images[m], uv)
+  want = np.stack([testbed_tiny.repeating_lookup(images[m], uv)
                    for uv, m in zip(centroid_uv, raw.material[keep])])
   obj = objects.load_object(name)     # same faces in the same order, some wound the other way
   assert len(obj.faces) == keep.sum()

@@ -44,3 +44,16 @@ def render_heldout(obj, n_views: int = 2) -> dict:
   to8 = lambda x: np.round(x * 255).astype(np.uint8)
   return {"ref": to8(images[:1]), "targets": to8(images[None, 1:]), "elevation": elev,
           "azimuth": azim, "names": np.array([obj.name])}
+
+
+def repeating_lookup(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+  """Brute force: bilinear lookup of a texture that repeats (GL_REPEAT), texel by texel."""
+  h, w = texture.shape[:2]
+  out = np.zeros(uv.shape[:-1] + (3,))
+  for i in np.ndindex(uv.shape[:-1]):
+    x, y = uv[i][0] * w - 0.5, (1.0 - uv[i][1]) * h - 0.5
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+      weight = (1 - abs(x - x0 - dx)) * (1 - abs(y - y0 - dy))
+      out[i] += weight * texture[(y0 + dy) % h, (x0 + dx) % w]
+  return out

@@ -55,9 +55,7 @@ def _textured_obj(name: str, entry: catalog.Entry, root) -> ObjectModel:
                      texture=texture)
 
 
-def _textured(name: str, entry: catalog.Entry, root) -> ObjectModel:
-  if entry.file.endswith(".obj"):
-    return _textured_obj(name, entry, root)
+def _textured_collada(name: str, entry: catalog.Entry, root) -> ObjectModel:
   v, f, uv = meshes.read_collada(asset_path(entry.file, root))
   mesh = meshes.clean(meshes.TriMesh(v, f, uv))
   v = meshes.rotate(mesh.vertices, entry.rotation)
@@ -89,8 +87,10 @@ def load_object(name: str, root: Path | None = None) -> ObjectModel:
   if name not in catalog.OBJECTS:
     raise KeyError(f"unknown testbed object {name!r}; see dc3d_jax/testbed/catalog.py")
   entry = catalog.OBJECTS[name]
-  if entry.texture is not None or entry.file.endswith(".obj"):
-    return _textured(name, entry, root)
+  if entry.file.endswith(".obj"):
+    return _textured_obj(name, entry, root)
+  if entry.texture is not None:
+    return _textured_collada(name, entry, root)
   v, f = meshes.read_off(asset_path(entry.file, root))
   return prepare_mesh(name, v, f, entry.rotation)
 
