@@ -247,10 +247,52 @@ def test_median_of_three_samples_undoes_one_corrupted_sample_per_pixel(monkeypat
   assert result["prior_median"]["mask_iou"] == 1.0
   assert result["prior_median"]["psnr"] == float("inf")
   assert result["prior"]["mask_iou"] < 0.9 and np.isfinite(result["prior"]["psnr"])
+  vote = evaluation.per_image(evaluation.vote_readout(np.stack(draws)), target)
+  np.testing.assert_allclose(result["per_view"]["prior_vote"]["psnr"], vote["psnr"])
+  assert "prior_vote-mirrored" in result["paired"]
   calls = iter(draws[:2] + [draws[0]])
   result, _ = evaluation.evaluate(params, TINY, heldout, jax.random.key(1), ddim_steps=2,
                                   guidance_scale=3.0, seeds=(0, 1))
-  assert "prior_median" not in result
+  assert "prior_median" not in result and "prior_vote" not in result
+
+
+def test_vote_readout_against_a_per_pixel_loop():
+  """Brute force: for each pixel, count the samples whose smallest channel is below 0.9;
+  more than half -> the plain mean of those samples' colours, else white."""
+  from dc3d_jax.testbed import evaluation
+  rng_ = np.random.default_rng(3)
+  samples = rng_.uniform(0.0, 1.0, (5, 2, 6, 7, 3)).astype(np.float32)
+  samples[rng_.uniform(size=samples.shape[:-1]) < 0.4] = 1.0     # white background in places
+  got = evaluation.vote_readout(samples)
+  want = np.ones(samples.shape[1:], np.float32)
+  for idx in np.ndindex(*samples.shape[1:-1]):
+    fg = [s[idx] for s in samples if min(s[idx]) < 0.9]
+    if len(fg) > len(samples) / 2:
+      want[idx] = sum(fg) / len(fg)
+  assert 0 < np.mean(np.all(want < 1.0, -1)) < 1      # both cases occur
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_vote_readout_takes_the_majority_silhouette_and_the_foreground_mean_colour():
+  """Nine samples of one image: a disk in colour c in k of them (k = 5: a majority) and
+  background in the rest, plus a square in colour d in 4 (a minority). The vote is the disk
+  in c exactly, without the square; with the disk's colour varying as c ± a across the
+  samples, it is c (the mean), where the median of nine per channel is the middle value."""
+  from dc3d_jax.testbed import evaluation
+  yy, xx = np.mgrid[:16, :16]
+  disk, square = (yy - 8) ** 2 + (xx - 8) ** 2 < 20, (yy < 4) & (xx < 4)   # disjoint
+  c, d = np.array([0.2, 0.5, 0.7]), np.array([0.1, 0.1, 0.1])
+  samples = np.ones((9, 16, 16, 3))
+  shift = np.array([-0.1, 0.1, -0.1, 0.1, 0.1])           # mean 0.02, middle value 0.1
+  for s in range(5):
+    samples[s][disk] = c + shift[s]
+  for s in range(5, 9):
+    samples[s][square] = d
+  got = evaluation.vote_readout(samples)
+  np.testing.assert_allclose(got[disk], np.broadcast_to(c + 0.02, got[disk].shape), atol=1e-6)
+  np.testing.assert_allclose(got[~disk], 1.0)
+  median = np.median(samples, axis=0)
+  np.testing.assert_allclose(median[disk], np.broadcast_to(c + 0.1, median[disk].shape))
 
 
 def test_a_work_dir_made_with_other_testbed_weights_is_not_resumed(tmp_path):
