@@ -11,8 +11,10 @@
 Protocol (evaluation.py): every catalog.HELD_OUT object at its catalog front, the 14 novel
 views of dataset.EVAL_VIEWS, one DDIM sample per view and seed; beside the `reference` and
 `mirrored` baselines, and the prior's one-step posterior-mean estimate (evaluation.py says
-why both). Prints the markdown table that docs/RESULTS.md carries, and each prior row's paired
-difference from each baseline with a 95% interval that resamples objects (eval/stats.py).
+why both; with three or more seeds also the median and the vote of the samples, the vote's
+grid as OUT_vote.png beside seed 0's samples in OUT.png). Prints the markdown table that
+docs/RESULTS.md carries, and each prior row's paired difference from each baseline with a
+95% interval that resamples objects (eval/stats.py).
 """
 
 import json
@@ -85,9 +87,12 @@ def main(argv):
   table = evaluation.markdown(result, f"{card.get('steps')} steps")
   print(table)
   if _OUT.value:
-    writers.save_json(_OUT.value, result)
-    writers.save_png(Path(_OUT.value).with_suffix(".png"), evaluation.sample_grid(heldout,
-                                                                                 samples[0]))
+    out = Path(_OUT.value)
+    writers.save_json(out, result)
+    writers.save_png(out.with_suffix(".png"), evaluation.sample_grid(heldout, samples[0]))
+    if "prior_vote" in result:          # the read-out of all seeds, beside seed 0's samples
+      writers.save_png(out.with_name(out.stem + "_vote.png"),
+                       evaluation.sample_grid(heldout, evaluation.vote_readout(samples)))
   if _EXPORT.value:
     card["heldout"] = evaluation.card_figures(result)
     card["eval_command"] = result["command"]
