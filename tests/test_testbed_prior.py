@@ -17,6 +17,7 @@ from dc3d_jax.guidance import registry
 from dc3d_jax.guidance.sds import SDSGuidance
 from dc3d_jax.priors import ddim, testbed
 from dc3d_jax.priors.testbed_unet import Architecture
+from dc3d_jax.testbed import albedo
 from experiments import train_prior
 
 TINY = Architecture(resolution=16, channels=(16,), attention_levels=(), emb_dim=32,
@@ -250,10 +251,18 @@ def test_median_of_three_samples_undoes_one_corrupted_sample_per_pixel(monkeypat
   vote = evaluation.per_image(evaluation.vote_readout(np.stack(draws)), target)
   np.testing.assert_allclose(result["per_view"]["prior_vote"]["psnr"], vote["psnr"])
   assert "prior_vote-mirrored" in result["paired"]
+  # the posterior mean's call returned seed 0's draw: inside the majority mask (the ground
+  # truth's foreground, since each pixel is corrupted in one draw of three) it is that draw
+  fg = albedo.foreground(target[..., :3])[..., None] > 0
+  vote_mean = evaluation.per_image(np.where(fg, draws[0], 1.0), target)
+  np.testing.assert_allclose(result["per_view"]["prior_vote_mean"]["psnr"], vote_mean["psnr"])
+  np.testing.assert_allclose(result["per_view"]["prior_vote_mean"]["mask_iou"],
+                             vote_mean["mask_iou"])
+  assert "prior_vote_mean-reference" in result["paired"]
   calls = iter(draws[:2] + [draws[0]])
   result, _ = evaluation.evaluate(params, TINY, heldout, jax.random.key(1), ddim_steps=2,
                                   guidance_scale=3.0, seeds=(0, 1))
-  assert "prior_median" not in result and "prior_vote" not in result
+  assert not set(evaluation.SAMPLE_SETS) & set(result)
 
 
 def test_vote_readout_against_a_per_pixel_loop():
@@ -271,6 +280,23 @@ def test_vote_readout_against_a_per_pixel_loop():
       want[idx] = sum(fg) / len(fg)
   assert 0 < np.mean(np.all(want < 1.0, -1)) < 1      # both cases occur
   np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_vote_mean_readout_against_a_per_pixel_loop():
+  """Brute force: for each pixel, more than half of the samples with smallest channel below
+  0.9 -> the posterior mean's colour there, else white."""
+  from dc3d_jax.testbed import evaluation
+  rng_ = np.random.default_rng(4)
+  samples = rng_.uniform(0.0, 1.0, (4, 2, 6, 7, 3)).astype(np.float32)
+  samples[rng_.uniform(size=samples.shape[:-1]) < 0.4] = 1.0
+  mean = rng_.uniform(0.0, 1.0, samples.shape[1:]).astype(np.float32)
+  got = evaluation.vote_mean_readout(samples, mean)
+  want = np.ones(samples.shape[1:], np.float32)
+  for idx in np.ndindex(*samples.shape[1:-1]):
+    if sum(min(s[idx]) < 0.9 for s in samples) > 2:     # more than half of four: 3 or 4
+      want[idx] = mean[idx]
+  assert 0 < np.mean(np.all(want < 1.0, -1)) < 1
+  np.testing.assert_allclose(got, want, atol=1e-7)
 
 
 def test_vote_readout_takes_the_majority_silhouette_and_the_foreground_mean_colour():

@@ -16,7 +16,10 @@ same majority mask (foreground in more than half of the samples), and inside it 
 colour of the samples that are foreground at that pixel, white outside. Given the mask, that
 mean is the colour with the least expected squared error, where the median's per-channel
 middle value is not; it is the read-out pre-registered in
-benchmarks/results/testbed_prior_vote_prereg.md. Baselines:
+benchmarks/results/testbed_prior_vote_prereg.md. `prior_vote_mean` keeps that mask and takes
+the colour inside it from `prior_mean`: where from the guided samples' majority, what from the
+model's least-squares estimate (chosen on validation objects among four such splits,
+benchmarks/results/testbed_prior_vote_mean_prereg.md). Baselines:
 `reference` predicts the reference image itself for every view, `mirrored` the reference
 flipped left-right.
 
@@ -47,7 +50,10 @@ from dc3d_jax.testbed import albedo
 
 ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
 CHUNK = 32                                                 # views per compiled sampler call
-SAMPLE_SETS = ("prior_median", "prior_vote")              # rows made from >= 3 samples a view
+SAMPLE_LABELS = {"prior_median": "median of the samples",    # rows made from >= 3 samples
+                 "prior_vote": "majority mask, mean colour",     # a view, as markdown names them
+                 "prior_vote_mean": "majority mask, posterior-mean colour"}
+SAMPLE_SETS = tuple(SAMPLE_LABELS)
 CARD_KEYS = ROWS + SAMPLE_SETS + ("paired", "gt_mask_agreement", "protocol")   # what a card keeps
 
 
@@ -109,12 +115,24 @@ def summary(per: dict) -> dict:
           "n": len(per["psnr"])}
 
 
+def majority_mask(samples: np.ndarray) -> np.ndarray:
+  """[S, ..., 3] samples in [0, 1] -> [..., 1] bool: foreground (albedo.foreground) in more
+  than half of the samples."""
+  return albedo.foreground(samples).mean(axis=0)[..., None] > 0.5
+
+
 def vote_readout(samples: np.ndarray) -> np.ndarray:
-  """[S, ..., 3] samples in [0, 1] -> [..., 3]: white where at most half the samples are
-  foreground (albedo.foreground); elsewhere the mean colour of the samples foreground there."""
+  """[S, ..., 3] samples in [0, 1] -> [..., 3]: white outside majority_mask; inside it the
+  mean colour of the samples foreground there."""
   fg = albedo.foreground(samples)[..., None]
   colour = (samples * fg).sum(axis=0) / np.maximum(fg.sum(axis=0), 1.0)
-  return np.where(fg.mean(axis=0) > 0.5, colour, 1.0).astype(np.float32)
+  return np.where(majority_mask(samples), colour, 1.0).astype(np.float32)
+
+
+def vote_mean_readout(samples: np.ndarray, mean: np.ndarray) -> np.ndarray:
+  """[S, ..., 3] samples and [..., 3] posterior mean in [0, 1] -> [..., 3]: the mean inside
+  majority_mask(samples), white outside."""
+  return np.where(majority_mask(samples), mean, 1.0).astype(np.float32)
 
 
 def paired(per_view: dict, groups) -> dict:
@@ -129,7 +147,7 @@ def paired(per_view: dict, groups) -> dict:
 
 def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance_scale: float,
              seeds=(0,), views=None, progress: bool = False) -> tuple[dict, np.ndarray]:
-  """-> ({"prior", "prior_mean", "reference", "mirrored" (and "prior_median" with >= 3 seeds):
+  """-> ({"prior", "prior_mean", "reference", "mirrored" (and SAMPLE_SETS with >= 3 seeds):
   scores, "per_view" (each row's [N·V] scores; the prior's averaged over seeds), "paired"
   (each prior row against each baseline: paired(), resampling objects),
   "gt_mask_agreement", "per_object"}, samples [S, N·V, R, R, 3] of every seed). progress:
@@ -155,6 +173,7 @@ def evaluate(params, arch, heldout: dict, root_key, *, ddim_steps: int, guidance
   if len(seeds) >= 3:
     per["prior_median"] = per_image(np.median(samples, axis=0), target)
     per["prior_vote"] = per_image(vote_readout(samples), target)
+    per["prior_vote_mean"] = per_image(vote_mean_readout(samples, mean), target)
   pooled = {m: np.concatenate([d[m] for d in draws]) for m in draws[0]}   # every sample
   rows = {k: summary(v) for k, v in per.items()} | {"prior": summary(pooled)}
   groups = np.repeat(np.arange(n_obj), per_view)
@@ -184,14 +203,11 @@ def _interval(r: dict, fmt: str) -> str:
 
 def markdown(result: dict, label: str) -> str:
   """The rows and paired differences of an evaluate() result as markdown tables."""
-  rows = [("testbed prior (" + label + "): DDIM samples", result["prior"]),
-          ("testbed prior (" + label + "): posterior mean", result["prior_mean"]),
-          *([("testbed prior (" + label + "): median of the samples", result["prior_median"])]
-            if "prior_median" in result else []),
-          *([("testbed prior (" + label + "): majority mask, mean colour", result["prior_vote"])]
-            if "prior_vote" in result else []),
-          ("baseline: reference image", result["reference"]),
-          ("baseline: reference mirrored", result["mirrored"])]
+  named = {"prior": "DDIM samples", "prior_mean": "posterior mean", **SAMPLE_LABELS}
+  rows = [(f"testbed prior ({label}): {name}", result[key])
+          for key, name in named.items() if key in result]
+  rows += [("baseline: reference image", result["reference"]),
+           ("baseline: reference mirrored", result["mirrored"])]
   lines = ["| prediction | novel-view PSNR (dB) | mask IoU |", "|---|---|---|"]
   lines += [f"| {name} | {r['psnr']:.2f} | {r['mask_iou']:.3f} |" for name, r in rows]
   lines += ["", "| paired, per view (objects resampled) | PSNR diff [95% CI] | "
