@@ -13,9 +13,9 @@ views of dataset.EVAL_VIEWS, one DDIM sample per view and seed; beside the `refe
 `mirrored` baselines, and the prior's one-step posterior-mean estimate (evaluation.py says
 why both; with three or more seeds also the median and the vote of the samples, and the
 vote's mask with the posterior mean's colour; the vote's grid as OUT_vote.png beside seed 0's
-samples in OUT.png). Prints the markdown table that
-docs/RESULTS.md carries, and each prior row's paired difference from each baseline with a
-95% interval that resamples objects (eval/stats.py).
+samples in OUT.png). Prints the markdown table that docs/RESULTS.md carries, and each prior
+row's paired difference from each baseline with a 95% interval that resamples objects
+(eval/stats.py).
 """
 
 import json

@@ -50,8 +50,9 @@ from dc3d_jax.testbed import albedo
 
 ROWS = ("prior", "prior_mean", "reference", "mirrored")   # the scored predictions
 CHUNK = 32                                                 # views per compiled sampler call
-SAMPLE_LABELS = {"prior_median": "median of the samples",    # rows made from >= 3 samples
-                 "prior_vote": "majority mask, mean colour",     # a view, as markdown names them
+# the rows made from >= 3 samples a view, with the names markdown() gives them
+SAMPLE_LABELS = {"prior_median": "median of the samples",
+                 "prior_vote": "majority mask, mean colour",
                  "prior_vote_mean": "majority mask, posterior-mean colour"}
 SAMPLE_SETS = tuple(SAMPLE_LABELS)
 CARD_KEYS = ROWS + SAMPLE_SETS + ("paired", "gt_mask_agreement", "protocol")   # what a card keeps
